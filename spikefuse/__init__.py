@@ -1,0 +1,24 @@
+"""spikefuse — surrogate-gradient spike functions for spiking neural networks in JAX.
+
+* ``spikefuse.surrogate``: braintools-compatible surrogate shapes (drop-in replacement).
+* ``spikefuse.fire(v, threshold, surrogate)``: the fused threshold + spike entry point.
+* ``spikefuse.set_backend`` / ``get_backend`` / ``use_backend``: ``"auto"``, ``"reference"``,
+  ``"pallas"`` or ``"interpret"`` (also the ``SPIKEFUSE_BACKEND`` environment variable).
+"""
+
+from spikefuse import surrogate
+from spikefuse.kernels.dispatch import BACKENDS, get_backend, set_backend, use_backend
+from spikefuse.surrogate._spike import BackendUnavailableError, fire
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "__version__",
+    "fire",
+    "get_backend",
+    "set_backend",
+    "surrogate",
+    "use_backend",
+]

@@ -1,0 +1,297 @@
+"""The spike op: Heaviside forward, surrogate derivative, backend dispatch.
+
+Two JAX primitives carry every spike:
+
+* ``spike_p(x, thr, *params)`` = H(x − thr), in ``x``'s dtype.
+* ``spike_grad_p(x, thr, t, *params)`` = t · g′(x − thr), linear in ``t``.
+
+The JVP of ``spike_p`` is ``spike_grad_p(x, thr, tx − tthr)``, so dH/dx = g′, dH/dthr = −g′
+and dH/dparams = 0 exactly (braintools 0.4.0 semantics). ``spike_grad_p`` transposes into
+itself (t·g′ is symmetric in its cotangent), so reverse mode runs the same one-pass
+computation ct · g′(x − thr); its own JVP — needed only for second order — differentiates
+the reference formula, so d²H/dx² = dg′/dx and ∂(dH/dx)/∂α = ∂g′/∂α.
+
+Each primitive lowers to the backend chosen at bind time (``kernels.dispatch``): the jnp
+reference, or the Pallas kernels of ``kernels.elementwise`` (compiled or interpreted). g′ is
+the shape's own ``surrogate_grad``, passed as a static function of ``(x, *params)``; the
+parameters are operands, so a new value never recompiles.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from spikefuse.kernels import dispatch
+from spikefuse.surrogate._base import Surrogate, grad_fn
+
+__all__ = ["spike", "fire", "BackendUnavailableError"]
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly chosen backend cannot run on this platform (no silent fallback)."""
+
+
+def compute_dtype(dtype):
+    """bf16/f16 are computed in f32 (and stored back); f32 and f64 in themselves."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+
+
+# -- implementations ---------------------------------------------------------------------
+def _reference_spike(x, thr):
+    cdt = compute_dtype(x.dtype)
+    return (x.astype(cdt) - thr.astype(cdt) >= 0).astype(x.dtype)
+
+
+def _reference_spike_grad(x, thr, t, *params, grad_fn):
+    cdt = compute_dtype(x.dtype)
+    g = grad_fn(x.astype(cdt) - thr.astype(cdt), *params)
+    return (t.astype(cdt) * g).astype(t.dtype)
+
+
+def _spike_impl(x, thr, *params, grad_fn, backend):
+    del params, grad_fn  # the forward does not depend on the surrogate
+    if backend == "reference":
+        return _reference_spike(x, thr)
+    from spikefuse.kernels import elementwise
+
+    return elementwise.heaviside(x, thr, interpret=backend == "interpret")
+
+
+def _spike_grad_impl(x, thr, t, *params, grad_fn, backend):
+    if backend == "reference":
+        return _reference_spike_grad(x, thr, t, *params, grad_fn=grad_fn)
+    from spikefuse.kernels import elementwise
+
+    return elementwise.grad_mul(x, thr, t, params, grad_fn, interpret=backend == "interpret")
+
+
+spike_p = Primitive("spikefuse_spike")
+spike_grad_p = Primitive("spikefuse_spike_grad")
+
+
+@functools.lru_cache(maxsize=512)
+def _jitted(prim, grad_fn, backend):
+    return jax.jit(functools.partial(prim.bind, grad_fn=grad_fn, backend=backend))
+
+
+def _eager(prim):
+    # Eager calls go through jit, so they take the same lowering (and the same clear error
+    # for a backend that cannot run here) as traced ones.
+    def impl(*args, grad_fn, backend):
+        return _jitted(prim, grad_fn, backend)(*args)
+
+    return impl
+
+
+spike_p.def_impl(_eager(spike_p))
+spike_grad_p.def_impl(_eager(spike_grad_p))
+spike_p.def_abstract_eval(lambda x, thr, *params, **_: jax.core.ShapedArray(x.shape, x.dtype))
+spike_grad_p.def_abstract_eval(
+    lambda x, thr, t, *params, **_: jax.core.ShapedArray(x.shape, t.dtype)
+)
+
+
+def _lowering(impl, platform):
+    generic = mlir.lower_fun(impl, multiple_results=False)
+
+    def rule(ctx, *args, grad_fn, backend):
+        if backend == "pallas" and platform in ("cpu", "tpu"):
+            raise BackendUnavailableError(
+                f"spikefuse backend 'pallas' runs Triton GPU kernels and cannot compile for "
+                f"{platform}. Use backend='interpret' (the same kernels, interpreted) or "
+                "'reference', or 'auto' to pick per platform."
+            )
+        return generic(ctx, *args, grad_fn=grad_fn, backend=backend)
+
+    return rule
+
+
+for _prim, _impl in ((spike_p, _spike_impl), (spike_grad_p, _spike_grad_impl)):
+    mlir.register_lowering(_prim, _lowering(_impl, None))
+    for _platform in ("cpu", "tpu"):
+        mlir.register_lowering(_prim, _lowering(_impl, _platform), platform=_platform)
+
+
+# -- differentiation ---------------------------------------------------------------------
+def _zero_like_out(x, dtype):
+    return ad.Zero(jax.core.ShapedArray(x.shape, dtype))
+
+
+def _spike_jvp(primals, tangents, *, grad_fn, backend):
+    x, thr, *params = primals
+    tx, tthr = tangents[0], tangents[1]
+    y = spike_p.bind(*primals, grad_fn=grad_fn, backend=backend)
+    lin = None if type(tx) is ad.Zero else tx
+    if type(tthr) is not ad.Zero:
+        neg = -jnp.broadcast_to(tthr, x.shape).astype(x.dtype)
+        lin = neg if lin is None else lin + neg
+    if lin is None:  # only parameter tangents: dH/dparams = 0
+        return y, _zero_like_out(x, x.dtype)
+    return y, spike_grad_p.bind(x, thr, lin, *params, grad_fn=grad_fn, backend=backend)
+
+
+def _spike_grad_jvp(primals, tangents, *, grad_fn, backend):
+    x, thr, t, *params = primals
+    out = spike_grad_p.bind(*primals, grad_fn=grad_fn, backend=backend)
+    terms = []
+    if type(tangents[2]) is not ad.Zero:  # linear in t
+        terms.append(spike_grad_p.bind(x, thr, tangents[2], *params, grad_fn=grad_fn, backend=backend))
+    moving = [i for i, tan in enumerate(tangents) if i != 2 and type(tan) is not ad.Zero]
+    if moving:  # second order: differentiate the reference formula through x, thr, params
+
+        def f(*vals):
+            args = list(primals)
+            for i, v in zip(moving, vals):
+                args[i] = v
+            return _reference_spike_grad(*args, grad_fn=grad_fn)
+
+        _, tan = jax.jvp(f, [primals[i] for i in moving], [tangents[i] for i in moving])
+        terms.append(tan)
+    if not terms:
+        return out, _zero_like_out(x, t.dtype)
+    return out, functools.reduce(jnp.add, terms)
+
+
+def _spike_grad_transpose(ct, x, thr, t, *params, grad_fn, backend):
+    if any(ad.is_undefined_primal(v) for v in (x, thr, *params)):
+        raise NotImplementedError("spike_grad_p is linear only in its cotangent argument t")
+    if type(ct) is ad.Zero:
+        ct_t = None
+    else:
+        ct_t = spike_grad_p.bind(x, thr, ct, *params, grad_fn=grad_fn, backend=backend)
+    return [None, None, ct_t] + [None] * len(params)
+
+
+ad.primitive_jvps[spike_p] = _spike_jvp
+ad.primitive_jvps[spike_grad_p] = _spike_grad_jvp
+ad.primitive_transposes[spike_grad_p] = _spike_grad_transpose
+
+
+# -- batching ----------------------------------------------------------------------------
+def _batcher(prim, full):
+    """vmap rule for an elementwise primitive whose operands at indices ``full`` have x's
+    shape and whose others (threshold, parameters) broadcast to it from the right."""
+
+    def rule(args, dims, **params):
+        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+        x_rank = args[0].ndim - (dims[0] is not None)
+        moved = []
+        for i, (a, d) in enumerate(zip(args, dims)):
+            if d is None:
+                if i in full:  # an x-shaped operand: the output is batched, so is it
+                    a = jnp.broadcast_to(a, (size, *a.shape))
+            else:
+                a = jnp.moveaxis(a, d, 0)
+                if i not in full:  # align (B, *p) under (B, *x)
+                    a = a.reshape((size,) + (1,) * (x_rank - (a.ndim - 1)) + a.shape[1:])
+            moved.append(a)
+        return prim.bind(*moved, **params), 0
+
+    return rule
+
+
+batching.primitive_batchers[spike_p] = _batcher(spike_p, full=(0,))
+batching.primitive_batchers[spike_grad_p] = _batcher(spike_grad_p, full=(0, 2))
+
+
+# -- public entry points -----------------------------------------------------------------
+def _as_float_array(value, name: str):
+    if isinstance(value, str):
+        raise TypeError(f"{name} must be a real number or array, got a string {value!r}")
+    try:
+        arr = jnp.asarray(value)
+    except TypeError as err:
+        raise TypeError(f"{name} must be a real number or array; {err}") from None
+    if arr.dtype == jnp.bool_:
+        raise TypeError(f"{name} must be a real floating or integer array, got dtype bool")
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{name} must be real, got complex dtype {arr.dtype} (the spike of a complex "
+            "number is undefined; pass x.real explicitly if that is what you mean)"
+        )
+    if jnp.issubdtype(arr.dtype, jnp.integer):
+        arr = arr.astype(jnp.result_type(float))
+    elif not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a real floating or integer array, got dtype {arr.dtype}")
+    return arr
+
+
+def _check_broadcast(shape, x_shape, what: str):
+    try:
+        out = np.broadcast_shapes(tuple(shape), tuple(x_shape))
+    except ValueError:
+        out = None
+    if out != tuple(x_shape):
+        raise ValueError(
+            f"{what} has shape {tuple(shape)}, which does not broadcast to the input's shape "
+            f"{tuple(x_shape)} without enlarging it; the spike and its gradient keep x's shape"
+        )
+
+
+def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None):
+    """H(x − threshold) with ``surrogate``'s derivative; the engine behind every call."""
+    if type(surrogate).surrogate_grad is Surrogate.surrogate_grad:
+        raise NotImplementedError(
+            f"{type(surrogate).__name__} does not implement surrogate_grad(x); a Surrogate "
+            "subclass must define it before it can be called."
+        )
+    x = _as_float_array(x, "x")
+    if threshold is None:
+        thr = jnp.zeros((), x.dtype)
+    else:
+        thr = _as_float_array(threshold, "threshold")
+        _check_broadcast(thr.shape, x.shape, "threshold")
+        dtype = jnp.result_type(x, thr)
+        x, thr = x.astype(dtype), thr.astype(dtype)
+    x = x.astype(x.dtype)  # a strongly typed result, eager and under jit alike
+    fn, leaves = grad_fn(surrogate)
+    names = [path[-1].name for path, _ in jax.tree_util.tree_flatten_with_path(surrogate)[0]]
+    params = []
+    for name, leaf in zip(names, leaves):
+        p = jnp.asarray(leaf)
+        if p.dtype == jnp.bool_ or jnp.issubdtype(p.dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{type(surrogate).__name__}.{name} must be real, got dtype {p.dtype}"
+            )
+        _check_broadcast(p.shape, x.shape, f"{type(surrogate).__name__}.{name}")
+        params.append(p)
+    return spike_p.bind(x, thr, *params, grad_fn=fn, backend=dispatch.resolve(backend))
+
+
+def fire(v, threshold=0.0, surrogate: Surrogate | None = None, *, backend: str | None = None):
+    """Spikes ``H(v − threshold)`` with surrogate gradient, without materialising ``v − threshold``.
+
+    Equal to ``surrogate(v - threshold)`` in value and in every derivative: dH/dv = g′(v − θ),
+    dH/dθ = −g′(v − θ) (summed where θ broadcasts), dH/dparams = 0.
+
+    Args:
+      v: membrane potential, any shape, a real float (or integer) array.
+      threshold: θ, a scalar or an array that broadcasts to ``v``'s shape.
+      surrogate: any ``Surrogate`` (built-in or user subclass); default ``Sigmoid()``.
+      backend: ``None`` (the configured default), ``"auto"``, ``"reference"``,
+        ``"pallas"`` or ``"interpret"``.
+
+    Returns:
+      Spikes in ``result_type(v, threshold)``, ``v``'s shape.
+
+    Example:
+      >>> import jax.numpy as jnp, spikefuse
+      >>> spikefuse.fire(jnp.array([0.5, 1.0, 1.5]), 1.0)
+      Array([0., 1., 1.], dtype=float32)
+    """
+    if surrogate is None:
+        from spikefuse.surrogate._impl import Sigmoid
+
+        surrogate = Sigmoid()
+    elif not isinstance(surrogate, Surrogate):
+        raise TypeError(
+            f"surrogate must be a spikefuse.surrogate.Surrogate instance, got {type(surrogate).__name__}"
+        )
+    return spike(v, surrogate, threshold, backend=backend)
