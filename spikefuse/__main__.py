@@ -1,0 +1,80 @@
+"""``python -m spikefuse [demo]`` — a short tour on whatever machine you are on.
+
+Prints the backend that ``"auto"`` picks here, each built-in shape's spike and surrogate
+derivative at a few points, and a forward+backward timing of ``spikefuse.fire`` against the
+plain-XLA reference. (The full benchmark CLI is planned: see the README's roadmap.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import spikefuse
+from spikefuse.kernels import dispatch
+from spikefuse.surrogate import registry
+
+
+def _time(fn, *args, repeats: int = 20) -> float:
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def demo(size: int) -> None:
+    device = jax.devices()[0]
+    print(f"spikefuse {spikefuse.__version__} | jax {jax.__version__} | device: {device.device_kind} ({jax.default_backend()})")
+    print(f"backend: configured {dispatch.get_backend()!r} -> resolves to {dispatch.resolve()!r} here\n")
+
+    xs = jnp.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    print(f"{'shape':<24} {'H(x) at x = -1, -0.5, 0, 0.5, 1':<34} dH/dx (surrogate g')")
+    for spec in registry.SHAPES:
+        s = spec.cls()
+        h = np.asarray(s(xs))
+        g = np.asarray(jax.vmap(jax.grad(s))(xs))
+        print(f"{spec.name:<24} {str(h.astype(int)):<34} {np.array2string(g, precision=4, floatmode='fixed')}")
+
+    key_v, key_ct = jax.random.split(jax.random.PRNGKey(0))
+    v = jax.random.normal(key_v, (size,), jnp.float32)
+    ct = jax.random.normal(key_ct, (size,), jnp.float32)
+    surrogate = spikefuse.surrogate.Sigmoid()
+
+    def fwd_bwd(backend):
+        def f(v, ct):
+            out, vjp = jax.vjp(lambda v: spikefuse.fire(v, 0.5, surrogate, backend=backend), v)
+            return out, vjp(ct)[0]
+
+        return jax.jit(f)
+
+    label = "CPU" if jax.default_backend() == "cpu" else device.device_kind
+    print(f"\nfire(v, 0.5, Sigmoid()) forward+backward on {size:,} f32 elements ({label}, median of 20):")
+    ref = _time(fwd_bwd("reference"), v, ct)
+    print(f"  reference (XLA): {ref * 1e3:8.3f} ms  {5 * 4 * size / ref / 1e9:7.1f} GB/s (20 B/element)")
+    if dispatch.resolve() == "pallas":
+        pal = _time(fwd_bwd("pallas"), v, ct)
+        print(f"  pallas         : {pal * 1e3:8.3f} ms  ({ref / pal:.2f}x the reference)")
+    else:
+        print("  pallas         : needs a GPU (CPU runs the reference; tests check the kernels in interpret mode)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spikefuse", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    p_demo = sub.add_parser("demo", help="the short tour (default)")
+    p_demo.add_argument("--size", type=int, default=1 << 20, help="elements in the timing (default 2^20)")
+    args = parser.parse_args(argv)
+    demo(getattr(args, "size", 1 << 20))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
