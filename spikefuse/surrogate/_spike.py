@@ -28,6 +28,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from spikefuse.kernels import dispatch
+from spikefuse.kernels._compat import silence_triton_deprecation
 from spikefuse.surrogate._base import Surrogate, grad_fn
 
 __all__ = ["spike", "fire", "BackendUnavailableError"]
@@ -108,7 +109,8 @@ def _lowering(impl, platform):
                 f"{platform}. Use backend='interpret' (the same kernels, interpreted) or "
                 "'reference', or 'auto' to pick per platform."
             )
-        return generic(ctx, *args, grad_fn=grad_fn, backend=backend)
+        with silence_triton_deprecation():
+            return generic(ctx, *args, grad_fn=grad_fn, backend=backend)
 
     return rule
 

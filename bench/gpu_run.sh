@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The one prepared GPU script: correctness of the compiled kernels, then the benchmarks.
+# Run on the GPU machine from the repo root: `bash bench/gpu_run.sh` (writes logs to $OUT,
+# or ./out when OUT is unset). Every step has its own time limit; the whole run is sized to
+# finish in about 7 minutes on an H200.
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv
+  python3 -c "import jax, jaxlib, triton; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'triton', triton.__version__, jax.devices())"
+  git rev-parse --short HEAD 2>/dev/null || true
+} 2>&1 | tee "$OUT/env.txt"
+
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s) ==="
+  local t0=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 40 "$OUT/$name.log"
+  echo "=== $name: rc=$rc in $(( $(date +%s) - t0 )) s ==="
+}
+
+step elementwise 150 python3 bench/elementwise.py --out "$OUT"
+step gpu_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+if [ -f bench/neurons.py ]; then
+  step neurons 200 python3 bench/neurons.py --out "$OUT"
+fi
