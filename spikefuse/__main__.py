@@ -17,6 +17,7 @@ import numpy as np
 
 import spikefuse
 from spikefuse.kernels import dispatch
+from spikefuse.plot import add_plot_parser
 from spikefuse.surrogate import registry
 
 
@@ -71,7 +72,10 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="the short tour (default)")
     p_demo.add_argument("--size", type=int, default=1 << 20, help="elements in the timing (default 2^20)")
+    add_plot_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "plot":
+        return args.handler(args)
     demo(getattr(args, "size", 1 << 20))
     return 0
 
