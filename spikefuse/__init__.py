@@ -1,12 +1,13 @@
 """spikefuse — surrogate-gradient spike functions for spiking neural networks in JAX.
 
 * ``spikefuse.surrogate``: braintools-compatible surrogate shapes (drop-in replacement).
+* ``spikefuse.neurons``: multi-step IF/LIF layers, a ``lax.scan`` reference and fused kernels.
 * ``spikefuse.fire(v, threshold, surrogate)``: the fused threshold + spike entry point.
 * ``spikefuse.set_backend`` / ``get_backend`` / ``use_backend``: ``"auto"``, ``"reference"``,
   ``"pallas"`` or ``"interpret"`` (also the ``SPIKEFUSE_BACKEND`` environment variable).
 """
 
-from spikefuse import surrogate
+from spikefuse import neurons, surrogate
 from spikefuse.kernels.dispatch import BACKENDS, get_backend, set_backend, use_backend
 from spikefuse.surrogate._spike import BackendUnavailableError, fire
 
@@ -18,6 +19,7 @@ __all__ = [
     "__version__",
     "fire",
     "get_backend",
+    "neurons",
     "set_backend",
     "surrogate",
     "use_backend",

@@ -1,0 +1,535 @@
+"""Tests for spikefuse.neurons: the fused scan kernels (interpret mode) against the lax.scan
+reference, the reference against finite differences of an independent float64 model, the
+cuda lowering (jax.export on CPU), validation, pytrees and the launch heuristic."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from lowering import export_for_cuda
+
+import spikefuse.neurons as sn
+from spikefuse import surrogate as sg
+from spikefuse.kernels import scan
+from spikefuse.neurons import multistep, reference
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Tanh(sg.Surrogate):
+    """A user-defined surrogate: g'(x) = alpha/2 * (1 - tanh(alpha x)^2)."""
+
+    def __init__(self, alpha=2.0):
+        super().__init__()
+        self.alpha = alpha
+
+    def surrogate_grad(self, x):
+        return self.alpha * 0.5 * (1 - jnp.tanh(self.alpha * x) ** 2)
+
+
+SURROGATES = {
+    "sigmoid": sg.Sigmoid(),
+    "arctan": sg.Arctan(alpha=2.0),
+    "pwquad": sg.PiecewiseQuadratic(alpha=0.8),
+    "s2nn": sg.S2NN(),
+    "fourier": sg.SquarewaveFourierSeries(n=3),
+    "user_tanh": Tanh(alpha=1.5),
+}
+
+# Small blocks so that a few hundred neurons span several programs with a ragged last one;
+# chunks shorter than T so that full chunks, the tail chunk and checkpoints all run.
+CONFIGS = {
+    "b64k4": scan.ScanConfig(block=64, chunk=4, num_warps=2),
+    "b128k4pf": scan.ScanConfig(block=128, chunk=4, num_warps=4, prefetch=True),
+    "b32k3": scan.ScanConfig(block=32, chunk=3, num_warps=1),
+}
+
+# Fused vs reference: spikes exactly; v_final and gradients (rtol, atol relative to the
+# largest reference magnitude). bf16 outputs are rounded once from the same f32 state.
+TOLERANCES = {"float32": (1e-5, 1e-5), "bfloat16": (2.0**-7, 2.0**-7)}
+
+# A pairwise cover of neuron x reset x decay_input x detach_reset x surrogate x T x shape x
+# config (T in {1, odd, > 32}; shapes of 300, 301 = 7*43 and 1110 = 2*3*5*37 neurons).
+# (neuron, v_reset, decay_input, detach_reset, surrogate, T, shape, config, dtype)
+CASES = [
+    ("lif", 0.0, True, False, "sigmoid", 37, (7, 43), "b64k4", "float32"),
+    ("lif", None, False, True, "arctan", 5, (300,), "b128k4pf", "float32"),
+    ("if", -0.1, None, True, "pwquad", 37, (2, 3, 5, 37), "b128k4pf", "float32"),
+    ("if", None, None, False, "user_tanh", 1, (7, 43), "b32k3", "float32"),
+    ("lif", 0.2, False, False, "user_tanh", 37, (300,), "b32k3", "float32"),
+    ("lif", None, True, True, "s2nn", 1, (2, 3, 5, 37), "b64k4", "float32"),
+    ("if", 0.0, None, False, "fourier", 5, (300,), "b64k4", "float32"),
+    ("lif", None, False, False, "pwquad", 37, (7, 43), "b128k4pf", "bfloat16"),
+    ("if", None, None, True, "sigmoid", 37, (300,), "b64k4", "bfloat16"),
+]
+
+
+def _case_id(case):
+    neuron, v_reset, decay, detach, sur, T, shape, cfg, dtype = case
+    reset = "soft" if v_reset is None else "hard"
+    decay = "" if decay is None else ("-decay" if decay else "-nodecay")
+    det = "-detach" if detach else ""
+    return f"{neuron}-{reset}{decay}{det}-{sur}-T{T}-{'x'.join(map(str, shape))}-{cfg}-{dtype}"
+
+
+def _neuron_fn(neuron, v_reset, decay, detach, sur, **extra):
+    kw = dict(v_threshold=1.0, v_reset=v_reset, detach_reset=detach,
+              surrogate=SURROGATES[sur], **extra)
+    if neuron == "lif":
+        return lambda x, v0, **k: sn.lif(x, v0, tau=1.7, decay_input=decay, **kw, **k)
+    return lambda x, v0, **k: sn.integrate_fire(x, v0, **kw, **k)
+
+
+def _inputs(T, shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.45, 0.8, size=(T, *shape)).astype(np.float32)
+    v0 = rng.uniform(-0.5, 0.9, size=shape).astype(np.float32)
+    ct_s = rng.normal(size=(T, *shape)).astype(np.float32)
+    ct_v = rng.normal(size=shape).astype(np.float32)
+    dt = jnp.dtype(dtype)
+    return jnp.asarray(x, dt), jnp.asarray(v0), jnp.asarray(ct_s, dt), jnp.asarray(ct_v, dt)
+
+
+def _vjp_jit(fn):
+    """jit(x, v0, cts) -> (outputs, (dx, dv0)): one compilation of forward and backward."""
+
+    def run(x, v0, ct_s, ct_v):
+        out, pullback = jax.vjp(fn, x, v0)
+        return out, pullback((ct_s, ct_v))
+
+    return jax.jit(run)
+
+
+def _close(actual, expected, dtype, what):
+    rtol, atol = TOLERANCES[dtype]
+    expected = np.asarray(expected, np.float64)
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-30)
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol,
+                               atol=atol * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_fused_matches_reference(case):
+    neuron, v_reset, decay, detach, sur, T, shape, cfg, dtype = case
+    fn = _neuron_fn(neuron, v_reset, decay, detach, sur)
+    x, v0, ct_s, ct_v = _inputs(T, shape, dtype)
+    (s_r, v_r), (dx_r, dv0_r) = _vjp_jit(
+        lambda x, v0: fn(x, v0, backend="reference"))(x, v0, ct_s, ct_v)
+    (s_f, v_f), (dx_f, dv0_f) = _vjp_jit(
+        lambda x, v0: fn(x, v0, backend="interpret", config=CONFIGS[cfg]))(x, v0, ct_s, ct_v)
+    assert s_f.dtype == x.dtype and s_f.shape == x.shape
+    assert v_f.dtype == x.dtype and v_f.shape == shape
+    assert dx_f.dtype == x.dtype and dv0_f.dtype == v0.dtype
+    assert 0.02 < float(jnp.mean(s_r.astype(jnp.float32))) < 0.9  # spikes do happen
+    np.testing.assert_array_equal(np.asarray(s_f, np.float32), np.asarray(s_r, np.float32))
+    _close(v_f, v_r, dtype, "v_final")
+    _close(dx_f, dx_r, dtype, "d x_seq")
+    _close(dv0_f, dv0_r, "float32", "d v0")
+
+
+@pytest.mark.parametrize("v0_kind", ["array", "scalar", "default"])
+def test_parameter_gradients_and_v_seq(v0_kind):
+    """Traced per-neuron threshold, scalar tau and v_reset, surrogate parameter, v0 given
+    per neuron, as one traced scalar, or defaulted to v_reset; the membrane sequence."""
+    T, shape = 37, (3, 101)
+    x, v0, ct_s, ct_v = _inputs(T, shape, "float32", seed=1)
+    v0 = {"array": v0, "scalar": jnp.float32(0.3), "default": None}[v0_kind]
+    rng = np.random.default_rng(2)
+    thr = jnp.asarray(rng.uniform(0.8, 1.2, size=(101,)).astype(np.float32))  # per neuron
+    ct_seq = jnp.asarray(rng.normal(size=(T, *shape)).astype(np.float32))
+
+    def make(backend, config=None):
+        def f(x, v0, tau, thr, v_reset, alpha):
+            return sn.lif(x, v0, tau=tau, v_threshold=thr, v_reset=v_reset,
+                          surrogate=sg.Sigmoid(alpha=alpha), backend=backend, config=config,
+                          return_v_seq=True)
+
+        def run(*args):
+            out, pullback = jax.vjp(f, *args)
+            return out, pullback((ct_s, ct_v, ct_seq))
+
+        return jax.jit(run)
+
+    args = (x, v0, jnp.float32(1.6), thr, jnp.float32(0.1), jnp.float32(3.0))
+    out_r, g_r = make("reference")(*args)
+    out_f, g_f = make("interpret", CONFIGS["b128k4pf"])(*args)
+    np.testing.assert_array_equal(out_f[0], out_r[0])
+    for name, a, b in zip(["v_final", "v_seq"], out_f[1:], out_r[1:]):
+        _close(a, b, "float32", name)
+    for name, a, b in zip(["x", "v0", "tau", "thr", "v_reset", "alpha"], g_f, g_r):
+        if a is None:
+            assert b is None and v0_kind == "default", name
+            continue
+        assert a.shape == b.shape, name
+        _close(a, b, "float32", f"d {name}")
+    assert float(g_f[5]) == 0.0  # surrogate parameters get no gradient
+    assert float(jnp.abs(g_f[2])) > 0 and float(jnp.abs(g_f[3]).max()) > 0
+
+
+def test_cotangent_through_one_output_only():
+    """A loss through v_final only or spikes only (the other cotangent is a symbolic zero)."""
+    T, shape = 21, (300,)
+    x, v0, _, _ = _inputs(T, shape, "float32", seed=3)
+    fn = _neuron_fn("lif", 0.0, True, False, "sigmoid")
+    # (output in the loss, differentiated arguments): v0 undifferentiated skips dv0.
+    for pick, argnums in ((0, (0, 1)), (1, (0, 1)), (0, 0)):
+        def loss(x, v0, backend, config=None):
+            out = fn(x, v0, backend=backend, config=config)[pick]
+            return jnp.sum(out * jnp.sin(jnp.arange(out.size).reshape(out.shape)))
+
+        g_r = jax.jit(jax.grad(lambda x, v0: loss(x, v0, "reference"), argnums))(x, v0)
+        g_f = jax.jit(jax.grad(lambda x, v0: loss(x, v0, "interpret", CONFIGS["b64k4"]),
+                               argnums))(x, v0)
+        for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_r)):
+            _close(a, b, "float32", f"output {pick}, argnums {argnums}")
+
+
+# ---------------------------------------------------------------------------------------
+# The reference against finite differences of an independent float64 model
+
+
+_FD_SCRIPT = textwrap.dedent(r"""
+    import json, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+    import spikefuse.neurons as sn
+    from spikefuse import surrogate as sg
+
+    ALPHA = 1.0  # a wide sigmoid surrogate: g(u) = sigmoid(u), g'(u) = sigmoid(u)(1 - sigmoid(u))
+    g = lambda u: 1.0 / (1.0 + np.exp(-ALPHA * u))
+
+    def twin(x, v0, tau, thr, vr, neuron, soft, decay, detach, base_u, ct_s, ct_v):
+        # The spec's equations in numpy float64, with each spike replaced by its smooth
+        # twin s* + g(u) - g(u*) (u* = its value at the base point): equal to the spike at
+        # the base point, derivative g'(u) -- the surrogate rule. The reset uses s* when
+        # detached. Finite differences of this model are the surrogate gradient.
+        v, loss = v0.copy(), 0.0
+        for t in range(x.shape[0]):
+            rest = v if soft else v - vr
+            if neuron == "if":
+                h = v + x[t]
+            elif decay:
+                h = v + (x[t] - rest) / tau
+            else:
+                h = v - rest / tau + x[t]
+            u = h - thr
+            s_star = (base_u[t] >= 0).astype(np.float64)
+            s = s_star + g(u) - g(base_u[t])
+            sr = s_star if detach else s
+            v = h - thr * sr if soft else h * (1 - sr) + vr * sr
+            loss += np.sum(ct_s[t] * s)
+        return loss + np.sum(ct_v * v)
+
+    def base_u(x, v0, tau, thr, vr, neuron, soft, decay):
+        v, us = v0.copy(), []
+        for t in range(x.shape[0]):
+            rest = v if soft else v - vr
+            h = v + x[t] if neuron == "if" else (v + (x[t] - rest) / tau if decay
+                                                   else v - rest / tau + x[t])
+            u = h - thr
+            s = (u >= 0).astype(np.float64)
+            v = h - thr * s if soft else h * (1 - s) + vr * s
+            us.append(u)
+        return np.array(us)
+
+    results = []
+    rng = np.random.default_rng(0)
+    T, N = 7, 5
+    for neuron, soft, decay, detach in [("lif", True, True, True), ("lif", False, False, False),
+                                        ("if", False, None, True), ("if", True, None, False),
+                                        ("lif", False, True, False)]:
+        x = rng.normal(0.5, 0.7, size=(T, N))
+        v0 = rng.uniform(-0.3, 0.5, size=N)
+        ct_s, ct_v = rng.normal(size=(T, N)), rng.normal(size=N)
+        tau, thr, vr = 1.7, 1.0, (None if soft else 0.1)
+        sur = sg.Sigmoid(alpha=ALPHA)
+
+        def model(x, v0, thr, *rest):
+            kw = dict(v_threshold=thr, detach_reset=detach, surrogate=sur, backend="reference")
+            if not soft:
+                kw["v_reset"] = rest[-1]
+            else:
+                kw["v_reset"] = None
+            if neuron == "lif":
+                return sn.lif(x, v0, tau=rest[0], decay_input=decay, **kw)
+            return sn.integrate_fire(x, v0, **kw)
+
+        args = [jnp.asarray(x), jnp.asarray(v0), jnp.float64(thr)]
+        if neuron == "lif":
+            args.append(jnp.float64(tau))
+        if not soft:
+            args.append(jnp.float64(vr))
+        (s, v), pullback = jax.vjp(model, *args)
+        assert s.dtype == jnp.float64
+        grads = pullback((jnp.asarray(ct_s), jnp.asarray(ct_v)))
+
+        bu = base_u(x, v0, tau, thr, vr, neuron, soft, decay)
+        margin = float(np.min(np.abs(bu)))
+        def f(x_, v0_, thr_, tau_, vr_):
+            return twin(x_, v0_, tau_, thr_, vr_, neuron, soft, decay, detach, bu, ct_s, ct_v)
+        vals = dict(x=x, v0=v0, thr=thr, tau=tau, vr=vr)
+        eps = 1e-6
+        def fd(name):
+            base = vals[name]
+            arr = np.atleast_1d(np.array(base, np.float64))
+            out = np.zeros_like(arr)
+            for i in range(arr.size):
+                plus, minus = arr.copy(), arr.copy()
+                plus.flat[i] += eps
+                minus.flat[i] -= eps
+                cast = (lambda a: a) if np.ndim(base) else (lambda a: float(a[0]))
+                kp = dict(vals, **{name: cast(plus)})
+                km = dict(vals, **{name: cast(minus)})
+                out.flat[i] = (f(kp["x"], kp["v0"], kp["thr"], kp["tau"], kp["vr"])
+                               - f(km["x"], km["v0"], km["thr"], km["tau"], km["vr"])) / (2 * eps)
+            return out.reshape(np.shape(base))
+        names = ["x", "v0", "thr"] + (["tau"] if neuron == "lif" else []) + ([] if soft else ["vr"])
+        for name, grad in zip(names, grads):
+            expected = fd(name)
+            err = float(np.max(np.abs(np.asarray(grad) - expected)))
+            scale = float(np.max(np.abs(expected)))
+            results.append(dict(case=f"{neuron}-{soft}-{decay}-{detach}", name=name, err=err,
+                                scale=scale, margin=margin))
+    print(json.dumps(results))
+""")
+
+
+def test_reference_matches_finite_differences_float64():
+    proc = subprocess.run(
+        [sys.executable, "-c", _FD_SCRIPT], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) >= 15
+    for r in results:
+        assert r["scale"] > 1e-3, r  # a gradient that is not trivially zero
+        assert r["err"] <= 1e-6 * max(1.0, r["scale"]), r
+
+
+# ---------------------------------------------------------------------------------------
+# GPU lowering, checked on CPU
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("variant", ["lif-hard-sigmoid-prefetch", "if-soft-user-default"])
+def test_forward_and_gradient_lower_for_cuda(variant, dtype):
+    T, shape = 37, (3, 1000)
+    dt = jnp.dtype(dtype)
+    if variant.startswith("lif"):
+        config = scan.ScanConfig(block=128, chunk=8, num_warps=4, prefetch=True)
+
+        def fn(x, v0, tau):
+            return sn.lif(x, v0, tau=tau, backend="pallas", config=config)
+    else:
+        def fn(x, v0, tau):
+            return sn.integrate_fire(x, v0, v_reset=None, surrogate=Tanh(),
+                                     backend="pallas")
+
+    def fwd_bwd(x, v0, tau):
+        (s, v), pullback = jax.vjp(fn, x, v0, tau)
+        return s, v, pullback((s, v))
+
+    avals = (jax.ShapeDtypeStruct((T, *shape), dt), jax.ShapeDtypeStruct(shape, jnp.float32),
+             jax.ShapeDtypeStruct((), jnp.float32))
+    forward = export_for_cuda(lambda x, v0, tau: fn(x, v0, tau), *avals)
+    assert "spikefuse_scan_fwd" in forward and "spikefuse_scan_bwd" not in forward
+    both = export_for_cuda(fwd_bwd, *avals)
+    assert "spikefuse_scan_fwd" in both and "spikefuse_scan_bwd" in both
+    assert "__gpu$xla.gpu.triton" in both
+
+
+def test_pallas_forced_on_cpu_does_not_fall_back():
+    x = jnp.ones((3, 4))
+    with pytest.raises(Exception, match="(?i)interpret|cpu"):
+        jax.block_until_ready(sn.lif(x, backend="pallas"))
+
+
+# ---------------------------------------------------------------------------------------
+# Validation (before any kernel or scan runs)
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a kernel or scan ran before validation")
+
+    for mod, name in [(multistep, "_run_fused"), (multistep, "_run_reference"),
+                      (scan, "scan_forward"), (scan, "scan_backward")]:
+        monkeypatch.setattr(mod, name, boom)
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (dict(x_seq=np.zeros((3, 2), np.int32)), TypeError, "x_seq"),
+    (dict(x_seq=np.zeros((3, 2), bool)), TypeError, "x_seq"),
+    (dict(x_seq=np.zeros((3, 2), np.complex64)), TypeError, "x_seq"),
+    (dict(x_seq=np.float32(1.0)), ValueError, "x_seq"),
+    (dict(x_seq=np.zeros((0, 2), np.float32)), ValueError, "x_seq"),
+    (dict(x_seq="abc"), TypeError, "x_seq"),
+    (dict(tau=0.0), ValueError, "tau"),
+    (dict(tau=-2), ValueError, "tau"),
+    (dict(tau=1j), TypeError, "tau"),
+    (dict(v_threshold=1 + 1j), TypeError, "v_threshold"),
+    (dict(v_threshold=np.ones((4, 2))), ValueError, "v_threshold"),
+    (dict(v_reset=True), TypeError, "v_reset"),
+    (dict(v0=np.ones(3)), ValueError, "v0"),
+    (dict(v0=np.ones(2, bool)), TypeError, "v0"),
+    (dict(surrogate="sigmoid"), TypeError, "surrogate"),
+    (dict(surrogate=sg.Sigmoid(alpha=np.ones((3, 2)))), ValueError, "Sigmoid"),
+    (dict(detach_reset=1), TypeError, "detach_reset"),
+    (dict(decay_input="yes"), TypeError, "decay_input"),
+    (dict(return_v_seq=None), TypeError, "return_v_seq"),
+    (dict(backend="cuda"), ValueError, "backend"),
+    (dict(config="fast"), TypeError, "config"),
+    (dict(unroll=0), ValueError, "unroll"),
+])
+@pytest.mark.parametrize("backend", ["interpret", "reference"])
+def test_validation_raises_before_compute(no_compute, bad, exc, match, backend):
+    kw = dict(x_seq=np.zeros((3, 2), np.float32), backend=backend)
+    kw.update(bad)
+    x = kw.pop("x_seq")
+    with pytest.raises(exc, match=match):
+        sn.lif(x, **kw)
+
+
+def test_class_validation_names_argument():
+    with pytest.raises(ValueError, match="tau"):
+        sn.LIF(tau=0.0)
+    with pytest.raises(TypeError, match="detach_reset"):
+        sn.IF(detach_reset="no")
+    with pytest.raises(TypeError, match="surrogate"):
+        sn.LIF(surrogate=lambda x: x)
+
+    class NoGrad(sg.Surrogate):
+        pass
+
+    with pytest.raises(NotImplementedError, match="surrogate_grad"):
+        sn.IF(surrogate=NoGrad())
+
+
+def test_index_limit_is_checked_before_tracing_kernels(no_compute):
+    big = jax.ShapeDtypeStruct((2**16, 2**15), jnp.float32)
+    with pytest.raises(ValueError, match="int32"):
+        jax.eval_shape(lambda x: sn.lif(x, backend="pallas"), big)
+
+
+# ---------------------------------------------------------------------------------------
+# API: classes, pytrees, dispatch, shapes
+
+
+def test_classes_equal_functionals_and_repr():
+    x = jnp.asarray(np.random.default_rng(4).normal(0.5, 1, size=(6, 2, 3)), jnp.float32)
+    a = sn.LIF(tau=3.0, v_reset=None, decay_input=False, backend="reference")(x, None, True)
+    b = sn.lif(x, tau=3.0, v_reset=None, decay_input=False, backend="reference",
+               return_v_seq=True)
+    for u, w in zip(a, b):
+        np.testing.assert_array_equal(u, w)
+    np.testing.assert_array_equal(a[2][-1], a[1])  # v_seq ends at v_final
+    assert repr(sn.IF()) == ("IF(v_threshold=1.0, v_reset=0.0, detach_reset=False, "
+                             "surrogate=Sigmoid(alpha=4.0), backend=None)")
+    assert repr(sn.LIF()) == ("LIF(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, "
+                              "detach_reset=False, surrogate=Sigmoid(alpha=4.0), backend=None)")
+
+
+def test_neuron_is_a_pytree_with_traced_parameters():
+    x = jnp.asarray(np.random.default_rng(5).normal(0.6, 1, size=(9, 4)), jnp.float32)
+    neuron = sn.LIF(tau=2.0, v_reset=None, backend="reference")
+    leaves, treedef = jax.tree_util.tree_flatten(neuron)
+    assert leaves == [2.0, 1.0, 4.0]  # tau, v_threshold, Sigmoid.alpha (soft: no v_reset)
+    rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
+    assert repr(rebuilt) == repr(neuron)
+
+    @jax.jit
+    def loss(neuron, x):
+        s, v = neuron(x)
+        return jnp.sum(s * jnp.arange(4.0)) + jnp.sum(v ** 2)
+
+    grads = jax.grad(loss)(neuron, x)
+    assert isinstance(grads, sn.LIF)
+    assert float(grads.surrogate.alpha) == 0.0
+    assert float(grads.tau) != 0.0 and float(grads.v_threshold) != 0.0
+    # A new parameter value is a new traced operand, not a recompilation.
+    loss(sn.LIF(tau=5.0, v_reset=None, backend="reference"), x)
+    assert loss._cache_size() == 1
+
+
+def test_fused_under_vmap_and_new_values_do_not_recompile():
+    x = jnp.asarray(np.random.default_rng(6).normal(0.5, 1, size=(3, 9, 70)), jnp.float32)
+    config = CONFIGS["b64k4"]
+
+    def run(backend, x, tau):
+        kw = dict(config=config) if backend != "reference" else {}
+        return jax.vmap(lambda x: sn.lif(x, tau=tau, backend=backend, **kw))(x)
+
+    fused = jax.jit(lambda x, tau: run("interpret", x, tau))
+    for tau in (2.0, 3.5):  # a traced tau: one compilation for both values
+        for a, b in zip(fused(x, tau), run("reference", x, tau)):
+            np.testing.assert_array_equal(a, b)
+    assert fused._cache_size() == 1
+
+
+def test_auto_backend_is_reference_on_cpu(monkeypatch):
+    calls = []
+    real = multistep._run_reference
+    monkeypatch.setattr(multistep, "_run_reference",
+                        lambda *a: calls.append(1) or real(*a))
+    sn.integrate_fire(jnp.ones((2, 3)))
+    assert calls == [1]
+
+
+def test_zero_neurons_and_scalar_neuron():
+    s, v = sn.lif(jnp.ones((4, 0, 3)), backend="interpret")
+    assert s.shape == (4, 0, 3) and v.shape == (0, 3)
+    x = jnp.asarray([0.6, 0.6, 0.6, 2.5], jnp.float32)  # shape [T]: one neuron
+    ref = sn.integrate_fire(x, backend="reference")
+    fused = sn.integrate_fire(x, backend="interpret")
+    np.testing.assert_array_equal(fused[0], ref[0])
+    np.testing.assert_array_equal(fused[0], [0.0, 1.0, 0.0, 1.0])
+    assert fused[1].shape == ()
+
+
+# ---------------------------------------------------------------------------------------
+# Launch configuration
+
+
+def test_default_config_heuristic():
+    for (T, N), block in {(8, 4 << 20): 128, (32, 4 << 20): 128, (128, 1 << 20): 128,
+                          (64, 65536): 64, (1024, 4096): 32, (5, 10): 32}.items():
+        cfg = scan.default_config(T, N, jnp.float32)
+        assert cfg.block == block and cfg.num_warps == block // 32
+        assert cfg.chunk == min(T, 32)
+    assert scan.default_config(1024, 4096, jnp.float32).prefetch
+    assert not scan.default_config(32, 4 << 20, jnp.float32).prefetch
+    with pytest.raises(ValueError, match="block"):
+        scan.ScanConfig(block=48, chunk=8, num_warps=1)
+    assert scan.residual_bytes_per_step(32, 32) == 0.0
+    assert scan.residual_bytes_per_step(1024, 32) == pytest.approx(31 * 4 / 1024)
+
+
+def test_caller_config_is_used_unchanged(monkeypatch):
+    seen = []
+    real = scan.scan_forward
+
+    def spy(*args, config, **kwargs):
+        seen.append(config)
+        return real(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(scan, "scan_forward", spy)
+    monkeypatch.setattr(scan, "default_config", lambda *a: pytest.fail("heuristic called"))
+    config = scan.ScanConfig(block=32, chunk=3, num_warps=1)
+    sn.lif(jnp.ones((5, 40)), backend="interpret", config=config)
+    assert seen == [config]
+
+
+def test_default_unroll():
+    assert reference.default_unroll(1000, "cpu") == 1
+    assert reference.default_unroll(1000, "gpu") == 32
+    assert reference.default_unroll(5, "gpu") == 5
