@@ -24,8 +24,8 @@ step() {  # step NAME SECONDS COMMAND...
   echo "=== $name: rc=$rc in $(( $(date +%s) - t0 )) s ==="
 }
 
-step elementwise 150 python3 bench/elementwise.py --out "$OUT"
-step gpu_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step elementwise 120 python3 bench/elementwise.py --out "$OUT"
+step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 if [ -f bench/neurons.py ]; then
-  step neurons 200 python3 bench/neurons.py --out "$OUT"
+  step neurons 210 python3 bench/neurons.py --out "$OUT"
 fi
