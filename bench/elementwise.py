@@ -9,7 +9,11 @@ forward+backward with the ``"reference"`` and ``"pallas"`` backends at 2^28 f32 
 (and bf16), plus a device copy of the same array as the bandwidth ceiling, and prints ms,
 GB/s and % of the copy ceiling. Bytes counted per element (e = element size):
 forward reads v, writes spikes (2e); backward reads v and the cotangent, writes dv (3e);
-forward+backward 5e; the copy reads and writes (2e).
+forward+backward 5e; the copy reads and writes (2e). Two forward+backward rows:
+"fwd+bwd" lets XLA see the cotangent before the forward runs (so the reference fuses both
+passes into one read of v: it moves 4e, not 5e), "fwd;bwd" puts an optimization barrier
+between them, as in training, where the cotangent comes from the loss after the forward.
+Timing: medians of samples of back-to-back calls, warm-up excluded (bench/_harness.py).
 
 On a CPU-only machine use ``--tiny`` (2^12 elements, ``"interpret"`` for the kernels) to
 check the script runs; CPU timings of interpret mode mean nothing and are labelled CPU.
@@ -21,8 +25,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
 
@@ -32,19 +34,9 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import spikefuse  # noqa: E402
 from spikefuse import surrogate  # noqa: E402
+from _harness import git_commit, time_fn  # noqa: E402
 
-BYTES_PER_ELEMENT = {"fwd": 2, "bwd": 3, "fwd+bwd": 5, "copy": 2}  # in element sizes
-
-
-def time_fn(fn, *args, repeats: int, warmup: int = 3):
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples), min(samples), max(samples)
+BYTES_PER_ELEMENT = {"fwd": 2, "bwd": 3, "fwd+bwd": 5, "fwd;bwd": 5, "copy": 2}  # in element sizes
 
 
 def make_ops(backend, s, threshold=0.5):
@@ -58,24 +50,22 @@ def make_ops(backend, s, threshold=0.5):
         y, vjp = jax.vjp(lambda v: spikefuse.fire(v, threshold, s, backend=backend), v)
         return y, vjp(ct)[0]
 
-    return {"fwd": jax.jit(fwd), "bwd": jax.jit(bwd), "fwd+bwd": jax.jit(fwd_bwd)}
+    def fwd_then_bwd(v, ct):
+        # As in training, the cotangent is only known after the forward has run: the
+        # barrier stops XLA from fusing the backward into the forward's pass over v.
+        y, vjp = jax.vjp(lambda v: spikefuse.fire(v, threshold, s, backend=backend), v)
+        y, ct = jax.lax.optimization_barrier((y, ct))
+        return y, vjp(ct)[0]
 
-
-def git_commit():
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-    except Exception:
-        return "unknown"
+    return {"fwd": jax.jit(fwd), "bwd": jax.jit(bwd), "fwd+bwd": jax.jit(fwd_bwd),
+            "fwd;bwd": jax.jit(fwd_then_bwd)}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log2n", type=int, default=28, help="log2 of the element count (default 28)")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default float32,bfloat16)")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=15, help="timed samples per row (median reported)")
     parser.add_argument("--tiny", action="store_true", help="2^12 elements, interpret backend: a CPU smoke run")
     parser.add_argument("--out", default=None, help="directory for elementwise.json")
     args = parser.parse_args(argv)
@@ -84,6 +74,7 @@ def main(argv=None):
     n = 1 << (12 if args.tiny else args.log2n)
     kernel_backend = "pallas" if on_gpu and not args.tiny else "interpret"
     repeats = 3 if args.tiny else args.repeats
+    min_sample_s = 0.001 if args.tiny else 0.02
     device = jax.devices()[0].device_kind if on_gpu else "CPU"
     meta = {
         "date": time.strftime("%Y-%m-%d"), "device": device, "jax": jax.__version__,
@@ -99,14 +90,14 @@ def main(argv=None):
         v = jax.random.normal(kv, (n,), jnp.float32).astype(dtype)
         ct = jax.random.normal(kc, (n,), jnp.float32).astype(dtype)
         copy = jax.jit(lambda v, ct: v + jnp.asarray(1, v.dtype))
-        med, lo, hi = time_fn(copy, v, ct, repeats=repeats)
+        med, lo, hi = time_fn(copy, (v, ct), samples=repeats, min_sample_s=min_sample_s)
         ceiling = BYTES_PER_ELEMENT["copy"] * dtype.itemsize * n / med
         rows.append(dict(meta, op="copy", backend="xla", dtype=dtype.name, ms=med * 1e3, ms_min=lo * 1e3,
                          ms_max=hi * 1e3, gbps=ceiling / 1e9, pct_copy=100.0))
         ref_ms = {}
         for backend in ("reference", kernel_backend):
             for mode, fn in make_ops(backend, s).items():
-                med, lo, hi = time_fn(fn, v, ct, repeats=repeats)
+                med, lo, hi = time_fn(fn, (v, ct), samples=repeats, min_sample_s=min_sample_s)
                 bw = BYTES_PER_ELEMENT[mode] * dtype.itemsize * n / med
                 row = dict(meta, op=mode, backend=backend, dtype=dtype.name, ms=med * 1e3, ms_min=lo * 1e3,
                            ms_max=hi * 1e3, gbps=bw / 1e9, pct_copy=100.0 * bw / ceiling)

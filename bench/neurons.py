@@ -37,8 +37,6 @@ import concurrent.futures
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
 
@@ -50,6 +48,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import spikefuse.neurons as sn  # noqa: E402
 from spikefuse import surrogate  # noqa: E402
 from spikefuse.kernels import scan  # noqa: E402
+from _harness import git_commit, time_fn  # noqa: E402
 
 M = 1 << 20
 CASES = [(8, 4 * M), (32, 4 * M), (64, 65536), (128, M), (1024, 4096)]
@@ -62,19 +61,20 @@ TINY_CONFIG = scan.ScanConfig(block=32, chunk=4, num_warps=1)
 MODES = ("fwd", "fwd+bwd")
 COPY_ELEMENTS = 1 << 27
 
-# Alternative configs timed (f32, fwd+bwd) next to the default, to tune the heuristic.
+# Alternative configs timed (fwd+bwd) next to the default, to tune the heuristic.
 SWEEP = {
-    (32, 4 * M): [dict(block=256, chunk=32, num_warps=8), dict(block=256, chunk=32, num_warps=4),
-                  dict(block=128, chunk=16, num_warps=4), dict(block=64, chunk=32, num_warps=2)],
-    (1024, 4096): [dict(block=32, chunk=32, num_warps=1, prefetch=False),
-                   dict(block=32, chunk=16, num_warps=1, prefetch=True),
-                   dict(block=16, chunk=32, num_warps=1, prefetch=True),
-                   dict(block=64, chunk=32, num_warps=2, prefetch=True)],
-    (64, 65536): [dict(block=64, chunk=32, num_warps=2, prefetch=True),
-                  dict(block=32, chunk=32, num_warps=1, prefetch=True),
-                  dict(block=128, chunk=16, num_warps=4)],
+    (32, 4 * M, "float32"): [dict(block=128, chunk=16, num_warps=4), dict(block=256, chunk=16, num_warps=8),
+                             dict(block=128, chunk=8, num_warps=4)],
+    (128, M, "float32"): [dict(block=128, chunk=16, num_warps=4)],
+    (32, 4 * M, "bfloat16"): [dict(block=128, chunk=16, num_warps=4), dict(block=256, chunk=16, num_warps=4),
+                              dict(block=256, chunk=32, num_warps=4), dict(block=512, chunk=16, num_warps=8),
+                              dict(block=256, chunk=8, num_warps=4)],
+    (128, M, "bfloat16"): [dict(block=128, chunk=16, num_warps=4), dict(block=256, chunk=16, num_warps=4),
+                           dict(block=512, chunk=16, num_warps=8)],
+    (1024, 4096, "float32"): [dict(block=16, chunk=32, num_warps=1, prefetch=True)],
+    (64, 65536, "float32"): [dict(block=128, chunk=16, num_warps=4)],
 }
-TINY_SWEEP = {(64, 300): [dict(block=32, chunk=8, num_warps=1, prefetch=True)]}
+TINY_SWEEP = {(64, 300, "float32"): [dict(block=32, chunk=8, num_warps=1, prefetch=True)]}
 
 # Issue 4's performance bar (fwd+bwd, vs the best lax.scan of the same run).
 TARGETS = [
@@ -86,15 +86,6 @@ BF16_OVER_F32_TARGET = 1.6
 BANDWIDTH_BOUND_ELEMENTS = 1 << 25  # T * N from which a case is bandwidth-bound
 
 NEURON = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True)
-
-
-def git_commit():
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            check=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def fused_bytes(T: int, N: int, itemsize: int, chunk: int, mode: str) -> float:
@@ -138,25 +129,6 @@ def compile_all(jobs, threads):
                       "retrying serially", flush=True)
                 out[k] = lowered[k].compile()
         return out
-
-
-def time_fn(fn, args, *, samples: int, min_sample_s: float):
-    """Median/min/max seconds per call over `samples` samples of back-to-back calls."""
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    one = time.perf_counter() - start
-    inner = max(1, min(100, int(min_sample_s / max(one, 1e-7))))
-    times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        for _ in range(inner):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / inner)
-        del out
-    return statistics.median(times), min(times), max(times)
 
 
 def random_inputs(T, N, dtype, seed=0):
@@ -353,22 +325,22 @@ def main(argv=None):
         report["notes"].append(f"config sweep skipped: {args.budget_s:.0f} s budget reached")
         sweep = {}
     jobs = {}
-    for (T, N), configs in sweep.items():
-        avals = (jax.ShapeDtypeStruct((T, N), jnp.float32),) * 2 + (
-            jax.ShapeDtypeStruct((N,), jnp.float32),)
+    for (T, N, dtype_name), configs in sweep.items():
+        dt = jnp.dtype(dtype_name)
+        avals = (jax.ShapeDtypeStruct((T, N), dt),) * 2 + (jax.ShapeDtypeStruct((N,), dt),)
         for c in configs:
             cfg = scan.ScanConfig(**c)
-            jobs[(T, N, "float32", "fwd+bwd", str(cfg))] = (
+            jobs[(T, N, dtype_name, "fwd+bwd", str(cfg))] = (
                 make_fn("fwd+bwd", kernel_backend, config=cfg), avals)
     compiled = compile_all(jobs, args.threads) if jobs else {}
-    for (T, N), configs in sweep.items():
-        args_ = random_inputs(T, N, jnp.dtype(jnp.float32))
+    for (T, N, dtype_name), configs in sweep.items():
+        dt = jnp.dtype(dtype_name)
+        args_ = random_inputs(T, N, dt)
         for c in configs:
             cfg = scan.ScanConfig(**c)
-            sec, lo, hi = time_fn(compiled[(T, N, "float32", "fwd+bwd", str(cfg))], args_,
+            sec, lo, hi = time_fn(compiled[(T, N, dtype_name, "fwd+bwd", str(cfg))], args_,
                                   samples=samples, min_sample_s=min_sample_s)
-            report["sweep"].append(row_for(T, N, jnp.dtype(jnp.float32), "fwd+bwd", "fused",
-                                           sec, lo, hi, config=cfg))
+            report["sweep"].append(row_for(T, N, dt, "fwd+bwd", "fused", sec, lo, hi, config=cfg))
         del args_
     save()
 
@@ -411,11 +383,11 @@ def main(argv=None):
               f"{r['bytes_per_step']:7.3f} {r['gbps']:7.1f} {r['pct_copy']:5.1f}% "
               f"{r['speedup_vs_best_scan']:7.2f} {r['speedup_vs_unroll1']:7.2f} {resid:>7}")
     if report["sweep"]:
-        print("\n# config sweep (f32, fwd+bwd): default first, then alternatives")
+        print("\n# config sweep (fwd+bwd): alternatives, then the default of the main table")
         for r in report["sweep"]:
-            d = find(r["T"], r["N"], "float32")
+            d = find(r["T"], r["N"], r["dtype"])
             base = f"(default {d['ms']:.3f} ms: {d['config']})" if d else ""
-            print(f"{r['T']:>5} {r['N']:>8} {r['ms']:8.3f} ms {r['pct_copy']:5.1f}% copy  "
+            print(f"{r['T']:>5} {r['N']:>8} {r['dtype']:<9} {r['ms']:8.3f} ms {r['pct_copy']:5.1f}% copy  "
                   f"{r['config']}  {base}")
     if report["targets"]:
         print("\n# targets (fwd+bwd vs best lax.scan of this run)")

@@ -36,6 +36,9 @@ ALL = [pytest.param(spec.cls, id=spec.name) for spec in SHAPES] + [pytest.param(
 # libdevice and the reference's from XLA, which differ by an ulp or two, and s (1 - s)
 # cancels for large z.
 TOL = {jnp.float32: (1e-5, 1e-6), jnp.bfloat16: (1e-2, 1e-3)}
+# The user Tanh's 1 - tanh^2 cancels where tanh saturates: Triton's tanh reaches 1 - 6e-8
+# where XLA's is exactly 1, so g' differs by ~1e-6 absolute there (seen on an H200).
+TOL_CANCELLING = {jnp.float32: (1e-5, 1e-5), jnp.bfloat16: (1e-2, 1e-3)}
 
 
 def _run(s, x, thr, ct, backend):
@@ -56,7 +59,7 @@ def test_compiled_pallas_equals_reference(cls, dtype, shape):
     ref = _run(s, x, 0.25, ct, "reference")
     ker = _run(s, x, 0.25, ct, "pallas")
     np.testing.assert_array_equal(np.asarray(ker[0]), np.asarray(ref[0]))
-    rtol, atol = TOL[dtype]
+    rtol, atol = (TOL_CANCELLING if cls is Tanh else TOL)[dtype]
     for k, r in zip(ker[1:], ref[1:]):
         assert k.dtype == dtype
         np.testing.assert_allclose(np.asarray(k, np.float64), np.asarray(r, np.float64), rtol=rtol, atol=atol)
