@@ -63,16 +63,13 @@ COPY_ELEMENTS = 1 << 27
 
 # Alternative configs timed (fwd+bwd) next to the default, to tune the heuristic.
 SWEEP = {
-    (32, 4 * M, "float32"): [dict(block=128, chunk=16, num_warps=4), dict(block=256, chunk=16, num_warps=8),
-                             dict(block=128, chunk=8, num_warps=4)],
-    (128, M, "float32"): [dict(block=128, chunk=16, num_warps=4)],
-    (32, 4 * M, "bfloat16"): [dict(block=128, chunk=16, num_warps=4), dict(block=256, chunk=16, num_warps=4),
-                              dict(block=256, chunk=32, num_warps=4), dict(block=512, chunk=16, num_warps=8),
-                              dict(block=256, chunk=8, num_warps=4)],
-    (128, M, "bfloat16"): [dict(block=128, chunk=16, num_warps=4), dict(block=256, chunk=16, num_warps=4),
-                           dict(block=512, chunk=16, num_warps=8)],
+    (32, 4 * M, "float32"): [dict(block=128, chunk=16, num_warps=4)],
+    (128, M, "float32"): [dict(block=128, chunk=16, num_warps=4), dict(block=128, chunk=32, num_warps=4)],
+    (32, 4 * M, "bfloat16"): [dict(block=256, chunk=16, num_warps=4), dict(block=128, chunk=8, num_warps=4)],
+    (128, M, "bfloat16"): [dict(block=256, chunk=16, num_warps=4), dict(block=128, chunk=32, num_warps=4)],
+    (64, 65536, "float32"): [dict(block=64, chunk=16, num_warps=2), dict(block=128, chunk=8, num_warps=4)],
+    (64, 65536, "bfloat16"): [dict(block=64, chunk=16, num_warps=2), dict(block=128, chunk=8, num_warps=4)],
     (1024, 4096, "float32"): [dict(block=16, chunk=32, num_warps=1, prefetch=True)],
-    (64, 65536, "float32"): [dict(block=128, chunk=16, num_warps=4)],
 }
 TINY_SWEEP = {(64, 300, "float32"): [dict(block=32, chunk=8, num_warps=1, prefetch=True)]}
 

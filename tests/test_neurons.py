@@ -501,11 +501,20 @@ def test_zero_neurons_and_scalar_neuron():
 
 
 def test_default_config_heuristic():
-    for (T, N), block in {(8, 4 << 20): 128, (32, 4 << 20): 128, (128, 1 << 20): 128,
-                          (64, 65536): 64, (1024, 4096): 32, (5, 10): 32}.items():
-        cfg = scan.default_config(T, N, jnp.float32)
-        assert cfg.block == block and cfg.num_warps == block // 32
-        assert cfg.chunk == min(T, 32)
+    # (T, N) -> (block, chunk, num_warps) for f32 and bf16: the H200-tuned table in the
+    # heuristic's docstring (large N: K = 8, two bf16 neurons per thread; small N: K = 32).
+    expected = {
+        (8, 4 << 20): ((128, 8, 4), (256, 8, 4)),
+        (32, 4 << 20): ((128, 8, 4), (256, 8, 4)),
+        (128, 1 << 20): ((128, 8, 4), (256, 8, 4)),
+        (64, 65536): ((64, 32, 2), (64, 32, 2)),
+        (1024, 4096): ((32, 32, 1), (32, 32, 1)),
+        (5, 10): ((32, 5, 1), (32, 5, 1)),
+    }
+    for (T, N), by_dtype in expected.items():
+        for dtype, want in zip((jnp.float32, jnp.bfloat16), by_dtype):
+            cfg = scan.default_config(T, N, dtype)
+            assert (cfg.block, cfg.chunk, cfg.num_warps) == want, (T, N, dtype, cfg)
     assert scan.default_config(1024, 4096, jnp.float32).prefetch
     assert not scan.default_config(32, 4 << 20, jnp.float32).prefetch
     with pytest.raises(ValueError, match="block"):

@@ -120,21 +120,32 @@ class ScanConfig:
 def default_config(T: int, N: int, dtype) -> ScanConfig:
     """The heuristic configuration for ``T`` steps of ``N`` neurons with inputs of ``dtype``.
 
-    One neuron per thread (``block = 32 * num_warps``), at most 4 warps, the largest block
-    that still launches ``_TARGET_PROGRAMS`` programs (N = 4096 -> 128 programs of 32;
-    65536 -> 1024 of 64; 1M and up -> blocks of 128). K = 32 rows per chunk (≤ T): 32 rows of
-    x and of the cotangent in flight per program and a checkpoint every 32 steps (0.125 B
-    per neuron-step each way); the backward then holds ~3K values per thread. Prefetch only
-    when the grid cannot fill the machine (blocks at their minimum) and there are several
-    chunks to overlap.
+    Tuned on an H200 (jax 0.11.2; bench/RESULTS.md has the sweeps):
+
+    * Neurons per program: the largest block up to 128 that still launches
+      ``_TARGET_PROGRAMS`` programs, one neuron per thread (N = 4096 -> 128 programs of 32;
+      65536 -> 1024 of 64; 1M and up -> blocks of 128).
+    * Large N (blocks at their maximum), the bandwidth-bound case: K = 8 steps per chunk.
+      The shorter chunk costs checkpoint bytes (4/K B per neuron-step each way) but frees
+      registers in the backward, which holds ~3K values per thread: at T=32 x 4M, f32 went
+      from 0.836 ms (K=32) to 0.779 (K=16) and 0.771 ms (K=8, 95% of the copy ceiling).
+      2-byte inputs put two neurons on each thread (4-byte accesses): bf16 0.597 ms (block
+      128, K=32) -> 0.461 ms (block 256, K=8).
+    * Small N, long T (few programs; latency-bound): K = 32 and prefetch of the next chunk,
+      to keep 32-64 rows of loads in flight per program.
     """
-    del dtype  # one neuron per thread for every dtype; see the docstring of the module
     block = _MAX_BLOCK
     while block > _MIN_BLOCK and pl.cdiv(N, block) < _TARGET_PROGRAMS:
         block //= 2
-    chunk = max(1, min(32, int(T)))
+    per_thread = 1
+    if block == _MAX_BLOCK:
+        chunk = max(1, min(8, int(T)))
+        if jnp.dtype(dtype).itemsize < 4 and pl.cdiv(N, 2 * block) >= _TARGET_PROGRAMS:
+            per_thread, block = 2, 2 * block
+    else:
+        chunk = max(1, min(32, int(T)))
     prefetch = pl.cdiv(N, block) < _TARGET_PROGRAMS and T >= 2 * chunk
-    return ScanConfig(block=block, chunk=chunk, num_warps=max(1, block // 32),
+    return ScanConfig(block=block, chunk=chunk, num_warps=max(1, block // (32 * per_thread)),
                       num_stages=1, prefetch=prefetch)
 
 
