@@ -542,3 +542,6 @@ def test_default_unroll():
     assert reference.default_unroll(1000, "cpu") == 1
     assert reference.default_unroll(1000, "gpu") == 32
     assert reference.default_unroll(5, "gpu") == 5
+    assert reference.default_unroll(128, "gpu", N=1 << 20) == 8  # measured on the H200
+    assert reference.default_unroll(32, "gpu", N=4 << 20) == 32
+    assert reference.default_unroll(128, "cpu", N=1 << 20) == 1
