@@ -8,8 +8,14 @@
 """
 
 from spikefuse import neurons, surrogate
-from spikefuse.kernels.dispatch import BACKENDS, get_backend, set_backend, use_backend
-from spikefuse.surrogate._spike import BackendUnavailableError, fire
+from spikefuse.kernels.dispatch import (
+    BACKENDS,
+    BackendUnavailableError,
+    get_backend,
+    set_backend,
+    use_backend,
+)
+from spikefuse.surrogate._spike import fire
 
 __version__ = "0.1.0"
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from lowering import export_for_cuda
 
+import spikefuse
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
 from spikefuse.kernels import scan
@@ -545,3 +546,13 @@ def test_default_unroll():
     assert reference.default_unroll(128, "gpu", N=1 << 20) == 8  # measured on the H200
     assert reference.default_unroll(32, "gpu", N=4 << 20) == 32
     assert reference.default_unroll(128, "cpu", N=1 << 20) == 1
+
+
+def test_pallas_on_cpu_is_strict():
+    # Forcing "pallas" where Triton cannot run raises spikefuse's error (no silent fallback,
+    # no raw jax error), eagerly and under jit(grad); exporting for cuda still works (above).
+    x = jnp.ones((3, 40), jnp.float32)
+    with pytest.raises(spikefuse.BackendUnavailableError, match="interpret"):
+        sn.LIF(backend="pallas")(x)
+    with pytest.raises(spikefuse.BackendUnavailableError):
+        jax.jit(jax.grad(lambda x: sn.lif(x, backend="pallas")[0].sum()))(x)

@@ -20,11 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 
 import jax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
-__all__ = ["BACKENDS", "ENV_VAR", "get_backend", "resolve", "set_backend", "use_backend"]
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "BackendUnavailableError",
+    "get_backend",
+    "gpu_only",
+    "resolve",
+    "set_backend",
+    "use_backend",
+]
 
 BACKENDS = ("auto", "reference", "pallas", "interpret")
 ENV_VAR = "SPIKEFUSE_BACKEND"
@@ -76,3 +88,38 @@ def resolve(backend: str | None = None) -> str:
     if name == "auto":
         return "pallas" if jax.default_backend() in ("gpu", "cuda") else "reference"
     return name
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly chosen backend cannot run on this platform (no silent fallback)."""
+
+
+# An identity that refuses to compile for CPU or TPU. Every "pallas" path passes its main
+# input through it, so compiling such a path for a platform without Triton raises a clear
+# error before any kernel launches, while lowering for cuda (jax.export on a CPU-only
+# machine included) goes through untouched.
+_gpu_only_p = Primitive("spikefuse_gpu_only")
+_gpu_only_p.def_abstract_eval(lambda x: x)
+_gpu_only_p.def_impl(lambda x: _gpu_only_jit(x))  # eager calls compile too, so they check
+_gpu_only_jit = jax.jit(_gpu_only_p.bind)
+ad.primitive_jvps[_gpu_only_p] = lambda primals, tangents: (_gpu_only_p.bind(*primals), tangents[0])
+batching.primitive_batchers[_gpu_only_p] = lambda args, dims: (_gpu_only_p.bind(*args), dims[0])
+mlir.register_lowering(_gpu_only_p, mlir.lower_fun(lambda x: x, multiple_results=False))
+
+
+def _refuse(platform, ctx, x):
+    raise BackendUnavailableError(
+        f"spikefuse backend 'pallas' runs Triton GPU kernels and cannot compile for {platform}. "
+        "Use backend='interpret' (the same kernels, interpreted) or 'reference', or 'auto' to "
+        "pick per platform."
+    )
+
+
+for _platform in ("cpu", "tpu"):
+    mlir.register_lowering(_gpu_only_p, functools.partial(_refuse, _platform), platform=_platform)
+
+
+def gpu_only(x):
+    """``x`` unchanged, but compiling the computation for CPU or TPU raises
+    ``BackendUnavailableError`` (lowering for cuda is unaffected)."""
+    return _gpu_only_p.bind(x)

@@ -208,6 +208,8 @@ def _multistep(step, x_seq, v0, named_params: dict, soft_reset: bool, surrogate,
     if config is None:
         config = scan.default_config(T, N, x.dtype)
     scan.check_size(T, N, config)
+    if resolved == "pallas":
+        x = dispatch.gpu_only(x)  # compiling for CPU/TPU raises instead of falling back
     return _run_fused(step, gfn, config, resolved == "interpret", bool(return_v_seq), x, v0,
                       ordered, gparams)
 

@@ -28,14 +28,11 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from spikefuse.kernels import dispatch
+from spikefuse.kernels.dispatch import BackendUnavailableError
 from spikefuse.kernels._compat import silence_triton_deprecation
 from spikefuse.surrogate._base import Surrogate, grad_fn
 
 __all__ = ["spike", "fire", "BackendUnavailableError"]
-
-
-class BackendUnavailableError(RuntimeError):
-    """An explicitly chosen backend cannot run on this platform (no silent fallback)."""
 
 
 def compute_dtype(dtype):
@@ -99,26 +96,8 @@ spike_grad_p.def_abstract_eval(
 )
 
 
-def _lowering(impl, platform):
-    generic = mlir.lower_fun(impl, multiple_results=False)
-
-    def rule(ctx, *args, grad_fn, backend):
-        if backend == "pallas" and platform in ("cpu", "tpu"):
-            raise BackendUnavailableError(
-                f"spikefuse backend 'pallas' runs Triton GPU kernels and cannot compile for "
-                f"{platform}. Use backend='interpret' (the same kernels, interpreted) or "
-                "'reference', or 'auto' to pick per platform."
-            )
-        with silence_triton_deprecation():
-            return generic(ctx, *args, grad_fn=grad_fn, backend=backend)
-
-    return rule
-
-
 for _prim, _impl in ((spike_p, _spike_impl), (spike_grad_p, _spike_grad_impl)):
-    mlir.register_lowering(_prim, _lowering(_impl, None))
-    for _platform in ("cpu", "tpu"):
-        mlir.register_lowering(_prim, _lowering(_impl, _platform), platform=_platform)
+    mlir.register_lowering(_prim, silence_triton_deprecation()(mlir.lower_fun(_impl, multiple_results=False)))
 
 
 # -- differentiation ---------------------------------------------------------------------
@@ -264,7 +243,10 @@ def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None
             )
         _check_broadcast(p.shape, x.shape, f"{type(surrogate).__name__}.{name}")
         params.append(p)
-    return spike_p.bind(x, thr, *params, grad_fn=fn, backend=dispatch.resolve(backend))
+    resolved = dispatch.resolve(backend)
+    if resolved == "pallas":
+        x = dispatch.gpu_only(x)  # compiling for CPU/TPU raises instead of falling back
+    return spike_p.bind(x, thr, *params, grad_fn=fn, backend=resolved)
 
 
 def fire(v, threshold=0.0, surrogate: Surrogate | None = None, *, backend: str | None = None):
