@@ -28,8 +28,15 @@ _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _SQRT_PI = math.sqrt(math.pi)
 
 
+def _saturate(z, bound):
+    """z limited to [-bound, bound] by selection rather than min/max: forward-mode
+    differentiation then drops the (possibly infinite) tangent of a saturated z, where
+    min/max would multiply it by 0 (inf * 0 = NaN), e.g. d/dsigma of x/sigma at x ~ 3e38."""
+    return jnp.where(z > bound, bound, jnp.where(z < -bound, -bound, z))
+
+
 def _std_normal(z):
-    z = jnp.clip(z, -_GAUSS_CLIP, _GAUSS_CLIP)
+    z = _saturate(z, _GAUSS_CLIP)
     return jnp.exp(-0.5 * z * z)
 
 
@@ -90,10 +97,10 @@ def soft_sign_fun(x, alpha):
 
 # 5. Arctan -------------------------------------------------------------------------------
 def arctan_grad(x, alpha):
-    # Clip u so it stays finite for x up to the largest float: past |u| = 1e30, u*u is
-    # inf in f32 and the value 0 either way, but an infinite u itself would turn the
-    # derivative -2u/(1+u^2)^2 into inf * 0 = NaN.
-    u = jnp.clip((math.pi / 2.0) * alpha * x, -1e30, 1e30)
+    # Saturate u (by selection, see _saturate) so it stays finite for x up to the largest
+    # float: past |u| = 1e30, u*u is inf in f32 and the value 0 either way, but an infinite
+    # u itself would turn the derivative -2u/(1+u^2)^2 into inf * 0 = NaN.
+    u = _saturate((math.pi / 2.0) * alpha * x, 1e30)
     return alpha * 0.5 / (1.0 + u * u)
 
 
@@ -132,7 +139,18 @@ def piecewise_leaky_relu_fun(x, c, w):
 
 
 # 9. SquarewaveFourierSeries (n is a static Python int) ----------------------------------
+# Near the largest float, (2i-1)·ω·x overflows to inf and cos(inf) is NaN. g′ and g have
+# period t_period and fmod is exact, so beyond |x| = 2**100 (where no float32 digit of the
+# phase is left anyway) x is first reduced modulo the period; below it x is used as is.
+_FOURIER_REDUCE_ABOVE = 2.0**100
+
+
+def _fourier_x(x, t_period):
+    return jnp.where(jnp.abs(x) > _FOURIER_REDUCE_ABOVE, jnp.fmod(x, t_period), x)
+
+
 def squarewave_fourier_series_grad(x, t_period, *, n):
+    x = _fourier_x(x, t_period)
     w = 2.0 * math.pi / t_period
     total = jnp.cos(w * x)
     for i in range(2, max(n, 1) + 1):
@@ -141,6 +159,7 @@ def squarewave_fourier_series_grad(x, t_period, *, n):
 
 
 def squarewave_fourier_series_fun(x, t_period, *, n):
+    x = _fourier_x(x, t_period)
     w = 2.0 * math.pi / t_period
     total = jnp.sin(w * x)
     for i in range(2, max(n, 1) + 1):
@@ -163,9 +182,21 @@ def s2nn_fun(x, alpha, beta, epsilon):
 
 
 # 11. QPseudoSpike ------------------------------------------------------------------------
+# Beyond |x| = 2**100 the base 1 + 2|x|/(α+1) can overflow to inf, and ∂/∂α of base**-α
+# is then -log(inf)·0 = NaN; there g′ is evaluated as exp(-α·(log|x| + log(k + 1/|x|))),
+# the same value with every intermediate finite. Below it, the plain power (as braintools).
+_Q_LOG_ABOVE = 2.0**100
+
+
 def q_pseudo_spike_grad(x, alpha):
-    base = 1.0 + 2.0 / (alpha + 1.0) * jnp.abs(x)
-    return jnp.power(base, -alpha)
+    u = jnp.abs(x)
+    big = u > _Q_LOG_ABOVE
+    k = 2.0 / (alpha + 1.0)
+    u_small = jnp.where(big, 0.0, u)
+    u_big = jnp.where(big, u, _Q_LOG_ABOVE)
+    small = jnp.power(1.0 + k * u_small, -alpha)
+    large = jnp.exp(-alpha * (jnp.log(u_big) + jnp.log(k + 1.0 / u_big)))
+    return jnp.where(big, large, small)
 
 
 def q_pseudo_spike_fun(x, alpha):
