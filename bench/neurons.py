@@ -33,7 +33,6 @@ the script itself; its timings mean nothing.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
 import platform
@@ -47,19 +46,18 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import spikefuse.neurons as sn  # noqa: E402
 from spikefuse import surrogate  # noqa: E402
+from spikefuse.benchmark import neurons as bn  # noqa: E402
+from spikefuse.benchmark.neurons import (  # noqa: E402
+    CASES, COPY_ELEMENTS, M, MODES, NEURON, UNROLLS, make_fn, random_inputs)
+from spikefuse.benchmark.timing import (  # noqa: E402
+    compile_all, copy_ceiling, git_commit, on_gpu, time_fn)
 from spikefuse.kernels import scan  # noqa: E402
-from _harness import git_commit, time_fn  # noqa: E402
 
-M = 1 << 20
-CASES = [(8, 4 * M), (32, 4 * M), (64, 65536), (128, M), (1024, 4096)]
 TINY_CASES = [(8, 2048), (32, 1000), (64, 300), (37, 513)]
-UNROLLS = (1, 8, 32)
 # --tiny (CPU, interpret mode): short chunks and unrolls, as XLA:CPU compiles long unrolled
 # code slowly; the labels stay "scan-u1/8/32" so the code paths are the GPU run's.
 TINY_UNROLLS = {1: 1, 8: 2, 32: 4}
 TINY_CONFIG = scan.ScanConfig(block=32, chunk=4, num_warps=1)
-MODES = ("fwd", "fwd+bwd")
-COPY_ELEMENTS = 1 << 27
 
 # Alternative configs timed (fwd+bwd) next to the default, to tune the heuristic.
 SWEEP = {
@@ -81,60 +79,6 @@ TARGETS = [
 ]
 BF16_OVER_F32_TARGET = 1.6
 BANDWIDTH_BOUND_ELEMENTS = 1 << 25  # T * N from which a case is bandwidth-bound
-
-NEURON = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True)
-
-
-def fused_bytes(T: int, N: int, itemsize: int, chunk: int, mode: str) -> float:
-    """Bytes the fused kernels move for (T, N), counted from their design (kernels/scan.py)."""
-    b = itemsize
-    n_ck = scan.num_checkpoints(T, chunk)
-    primal = T * N * 2 * b + N * (4 + b)  # x in, spikes out; v0 in, v_final out
-    if mode == "fwd":
-        return primal
-    fwd = primal + n_ck * N * 4  # + checkpoints
-    bwd = T * N * 3 * b + n_ck * N * 4 + N * (4 + b + 4)  # x, ds in, dx out; ck; v0, dv_T, dv0
-    return fwd + bwd
-
-
-def make_fn(mode, backend, *, unroll=None, config=None, neuron=None):
-    """jit-able f(x, ct_s, ct_v): the forward, or forward + vjp to x (loss through s and v)."""
-    kw = dict(NEURON if neuron is None else neuron, backend=backend, unroll=unroll,
-              config=config)
-    if mode == "fwd":
-        return lambda x, ct_s, ct_v: sn.lif(x, **kw)
-
-    def fwd_bwd(x, ct_s, ct_v):
-        out, pullback = jax.vjp(lambda x: sn.lif(x, **kw), x)
-        return out, pullback((ct_s, ct_v))[0]
-
-    return fwd_bwd
-
-
-def compile_all(jobs, threads):
-    """jobs: {key: (fn, avals)} -> {key: compiled}. Lowering (Python) runs here, one at a
-    time; XLA/Triton compilation, which releases the GIL, runs in parallel threads."""
-    lowered = {k: jax.jit(fn).lower(*avals) for k, (fn, avals) in jobs.items()}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        futures = {k: pool.submit(low.compile) for k, low in lowered.items()}
-        out = {}
-        for k, f in futures.items():
-            try:
-                out[k] = f.result()
-            except Exception as err:  # e.g. a thread-safety problem: compile it again, alone
-                print(f"# parallel compile of {k} failed ({type(err).__name__}: {err}); "
-                      "retrying serially", flush=True)
-                out[k] = lowered[k].compile()
-        return out
-
-
-def random_inputs(T, N, dtype, seed=0):
-    kx, ks, kv = jax.random.split(jax.random.PRNGKey(seed), 3)
-    x = (jax.random.normal(kx, (T, N), jnp.float32) * 0.8 + 0.6).astype(dtype)
-    ct_s = jax.random.normal(ks, (T, N), jnp.float32).astype(dtype)
-    ct_v = jax.random.normal(kv, (N,), jnp.float32).astype(dtype)
-    return x, ct_s, ct_v
-
 
 # -- 1. correctness ----------------------------------------------------------------------
 def check_cases(tiny):
@@ -225,14 +169,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
 
-    on_gpu = jax.default_backend() in ("gpu", "cuda")
-    kernel_backend = "pallas" if on_gpu and not args.tiny else "interpret"
+    kernel_backend = "pallas" if on_gpu() and not args.tiny else "interpret"
     cases = TINY_CASES if args.tiny else CASES
     sweep = {} if args.no_sweep else (TINY_SWEEP if args.tiny else SWEEP)
     samples = 3 if args.tiny else args.samples
     min_sample_s = 0.0 if args.tiny else 5e-3
     dtypes = [jnp.dtype(d) for d in args.dtypes.split(",")]
-    device = jax.devices()[0].device_kind if on_gpu else "CPU"
+    device = jax.devices()[0].device_kind if on_gpu() else "CPU"
     meta = dict(date=time.strftime("%Y-%m-%d"), device=device, jax=jax.__version__,
                 python=platform.python_version(), commit=git_commit(),
                 kernel_backend=kernel_backend,
@@ -252,16 +195,7 @@ def main(argv=None):
     unrolls = {u: (TINY_UNROLLS[u] if args.tiny else u) for u in UNROLLS}
     # Everything (checks and timed functions) is compiled first, in parallel.
     jobs = check_jobs(kernel_backend, args.tiny, kernel_config)
-    for T, N in cases:
-        for dt in dtypes:
-            avals = (jax.ShapeDtypeStruct((T, N), dt), jax.ShapeDtypeStruct((T, N), dt),
-                     jax.ShapeDtypeStruct((N,), dt))
-            for mode in MODES:
-                jobs[(T, N, dt.name, mode, "fused")] = (
-                    make_fn(mode, kernel_backend, config=kernel_config), avals)
-                for u in UNROLLS:
-                    jobs[(T, N, dt.name, mode, f"scan-u{u}")] = (
-                        make_fn(mode, "reference", unroll=unrolls[u]), avals)
+    jobs.update(bn.jobs(cases, dtypes, kernel_backend, unrolls=unrolls, config=kernel_config))
     t0 = time.perf_counter()
     compiled = compile_all(jobs, args.threads)
     print(f"# compiled {len(compiled)} functions in {time.perf_counter() - t0:.1f} s "
@@ -273,49 +207,23 @@ def main(argv=None):
     # Copy ceiling, per dtype.
     n_copy = (1 << 16) if args.tiny else COPY_ELEMENTS
     for dt in dtypes:
-        a = jnp.ones((n_copy,), dt)
-        copy = jax.jit(lambda a: a + jnp.asarray(1, a.dtype))
-        med, lo, hi = time_fn(copy, (a,), samples=samples, min_sample_s=min_sample_s)
-        report["copy"][dt.name] = dict(elements=n_copy, ms=med * 1e3,
-                                       gbps=2 * n_copy * dt.itemsize / med / 1e9)
-        del a
+        report["copy"][dt.name] = copy_ceiling(n_copy, dt, samples=samples,
+                                               min_sample_s=min_sample_s)
     print("# copy ceiling: " + ", ".join(f"{k} {v['gbps']:.0f} GB/s"
                                           for k, v in report["copy"].items()), flush=True)
 
     def row_for(T, N, dt, mode, backend, sec, lo, hi, config=None):
-        fused = backend == "fused"
-        config = config or scan.default_config(T, N, dt)
-        chunk = config.chunk  # lax.scan rows use the fused count too (an effective rate)
-        nbytes = fused_bytes(T, N, dt.itemsize, chunk, mode)
-        row = dict(T=T, N=N, dtype=dt.name, mode=mode, backend=backend, ms=sec * 1e3,
-                   ms_min=lo * 1e3, ms_max=hi * 1e3, bytes_per_step=nbytes / (T * N),
-                   gbps=nbytes / sec / 1e9)
-        row["pct_copy"] = 100 * row["gbps"] / report["copy"][dt.name]["gbps"]
-        if fused:
-            row["config"] = str(config)
-            row["residual_bytes_per_step"] = (scan.residual_bytes_per_step(T, config.chunk)
-                                              if mode == "fwd+bwd" else 0.0)
-        return row
+        return bn.make_row(T, N, dt, mode, backend, sec, lo, hi, copy=report["copy"],
+                           config=config, kernel_backend=kernel_backend)
 
-    for T, N in cases:
-        for dt in dtypes:
-            args_ = random_inputs(T, N, dt)
-            for mode in MODES:
-                group = []
-                for backend in ["fused"] + [f"scan-u{u}" for u in UNROLLS]:
-                    sec, lo, hi = time_fn(compiled[(T, N, dt.name, mode, backend)], args_,
-                                          samples=samples, min_sample_s=min_sample_s)
-                    group.append(row_for(T, N, dt, mode, backend, sec, lo, hi,
-                                         config=kernel_config))
-                best = min(r["ms"] for r in group if r["backend"].startswith("scan"))
-                u1 = next(r["ms"] for r in group if r["backend"] == "scan-u1")
-                for r in group:
-                    r["speedup_vs_best_scan"] = best / r["ms"]
-                    r["speedup_vs_unroll1"] = u1 / r["ms"]
-                report["rows"] += group
-            del args_
+    def after_case(T, N, rows):
+        report["rows"] = list(rows)
         save()
         print(f"# timed T={T} N={N} ({time.perf_counter() - t_start:.0f} s)", flush=True)
+
+    report["rows"] = bn.time_all(compiled, cases, dtypes, kernel_backend, copy=report["copy"],
+                                 samples=samples, min_sample_s=min_sample_s,
+                                 config=kernel_config, after_case=after_case)
 
     # The sweep is optional: compiled and timed only while the time budget allows.
     if sweep and time.perf_counter() - t_start > args.budget_s:

@@ -1,8 +1,9 @@
-"""``python -m spikefuse [demo]`` — a short tour on whatever machine you are on.
+"""``python -m spikefuse [demo | bench | plot]`` — the spikefuse command line.
 
-Prints the backend that ``"auto"`` picks here, each built-in shape's spike and surrogate
-derivative at a few points, and a forward+backward timing of ``spikefuse.fire`` against the
-plain-XLA reference. (The full benchmark CLI is planned: see the README's roadmap.)
+``demo`` (the default) prints the backend that ``"auto"`` picks here, each built-in shape's
+spike and surrogate derivative at a few points, and a forward+backward timing of
+``spikefuse.fire`` against the plain-XLA reference. ``bench`` benchmarks every shape,
+backend and neuron (``bench --help``); ``plot`` draws the shapes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import spikefuse
+from spikefuse.benchmark.cli import add_bench_parser
 from spikefuse.kernels import dispatch
 from spikefuse.plot import add_plot_parser
 from spikefuse.surrogate import registry
@@ -72,8 +74,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="the short tour (default)")
     p_demo.add_argument("--size", type=int, default=1 << 20, help="elements in the timing (default 2^20)")
+    add_bench_parser(sub)
     add_plot_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        args.argv = list(sys.argv[2:] if argv is None else argv[1:])
+        return args.handler(args)
     if args.command == "plot":
         return args.handler(args)
     demo(getattr(args, "size", 1 << 20))

@@ -1,0 +1,12 @@
+"""The benchmark harness behind ``python -m spikefuse bench`` and the scripts in ``bench/``.
+
+``timing``: the timer (warm-up excluded, bursts of back-to-back calls ended by
+``block_until_ready``, median and spread), the copy ceiling, parallel ahead-of-time
+compilation and provenance. ``elementwise``: ``fire`` for every built-in shape × backend ×
+mode. ``neurons``: the multi-step LIF, fused kernels vs ``lax.scan``. ``cli``: the
+``bench`` subcommand (table, JSON, plot).
+"""
+
+from spikefuse.benchmark.timing import compile_all, copy_ceiling, git_commit, machine_info, time_fn
+
+__all__ = ["compile_all", "copy_ceiling", "git_commit", "machine_info", "time_fn"]
