@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spikefuse._checks import check_broadcast, real_array
 from spikefuse.kernels import dispatch
 from spikefuse.kernels import scan
 from spikefuse.neurons import dynamics
@@ -26,35 +27,11 @@ __all__ = ["IF", "LIF", "integrate_fire", "lif"]
 
 
 # -- validation ---------------------------------------------------------------------------
-def _real_array(value, name: str, *, allow_int: bool = True):
-    if isinstance(value, str):
-        raise TypeError(f"{name} must be a real number or array, got a string {value!r}")
-    try:
-        arr = jnp.asarray(value)
-    except TypeError as err:
-        raise TypeError(f"{name} must be a real number or array; {err}") from None
-    if arr.dtype == jnp.bool_:
-        raise TypeError(f"{name} must be a real floating array, got dtype bool")
-    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
-        raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
-    if jnp.issubdtype(arr.dtype, jnp.integer) and allow_int:
-        return arr
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a real floating array, got dtype {arr.dtype}")
-    return arr
-
-
 def _neuron_param(value, name: str, shape: tuple, cdt):
     """A numeric parameter as an array in the compute dtype, broadcastable to ``shape``."""
-    arr = _real_array(value, name)
-    try:
-        out = np.broadcast_shapes(arr.shape, shape)
-    except ValueError:
-        out = None
-    if out != shape:
-        raise ValueError(
-            f"{name} has shape {arr.shape}, which does not broadcast to the neuron shape "
-            f"{shape} (x_seq's shape without its leading time axis) without enlarging it")
+    arr = real_array(value, name)
+    check_broadcast(arr.shape, shape, name,
+                    "the neuron shape (x_seq's shape without its leading time axis)")
     return arr.astype(cdt)
 
 
@@ -83,7 +60,7 @@ def _check_surrogate(surrogate):
 
 
 def _check_x_seq(x_seq):
-    x = _real_array(x_seq, "x_seq", allow_int=False)
+    x = real_array(x_seq, "x_seq", integers="reject")
     if x.ndim < 1:
         raise ValueError("x_seq must have a leading time axis, shape [T, *shape]; got a 0-d "
                          "array")

@@ -23,11 +23,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from spikefuse.kernels import dispatch
+from spikefuse._checks import check_broadcast, real_array
+from spikefuse.kernels import dispatch, sharding
 from spikefuse.kernels.dispatch import BackendUnavailableError
 from spikefuse.kernels._compat import silence_triton_deprecation
 from spikefuse.surrogate._base import Surrogate, grad_fn
@@ -59,7 +59,10 @@ def _spike_impl(x, thr, *params, grad_fn, backend):
         return _reference_spike(x, thr)
     from spikefuse.kernels import elementwise
 
-    return elementwise.heaviside(x, thr, interpret=backend == "interpret")
+    # Per shard under SPMD sharding; thr broadcasts to x from the right.
+    kernel = functools.partial(elementwise.heaviside, interpret=backend == "interpret")
+    return sharding.per_shard(lambda x, thr: (kernel(x, thr),), (x, thr), leads=(0, 0),
+                              out_leads=(0,), what="spike")[0]
 
 
 def _spike_grad_impl(x, thr, t, *params, grad_fn, backend):
@@ -67,7 +70,13 @@ def _spike_grad_impl(x, thr, t, *params, grad_fn, backend):
         return _reference_spike_grad(x, thr, t, *params, grad_fn=grad_fn)
     from spikefuse.kernels import elementwise
 
-    return elementwise.grad_mul(x, thr, t, params, grad_fn, interpret=backend == "interpret")
+    def kernel(x, thr, t, *params):
+        return (elementwise.grad_mul(x, thr, t, params, grad_fn,
+                                     interpret=backend == "interpret"),)
+
+    # Per shard under SPMD sharding; thr and params broadcast to x from the right.
+    return sharding.per_shard(kernel, (x, thr, t, *params), leads=(0,) * (3 + len(params)),
+                              out_leads=(0,), what="spike gradient")[0]
 
 
 spike_p = Primitive("spikefuse_spike")
@@ -98,6 +107,7 @@ spike_grad_p.def_abstract_eval(
 
 for _prim, _impl in ((spike_p, _spike_impl), (spike_grad_p, _spike_grad_impl)):
     mlir.register_lowering(_prim, silence_triton_deprecation()(mlir.lower_fun(_impl, multiple_results=False)))
+    sharding.lowers_per_shard(_prim)  # the kernel impls run per shard under SPMD sharding
 
 
 # -- differentiation ---------------------------------------------------------------------
@@ -183,39 +193,6 @@ batching.primitive_batchers[spike_grad_p] = _batcher(spike_grad_p, full=(0, 2))
 
 
 # -- public entry points -----------------------------------------------------------------
-def _as_float_array(value, name: str):
-    if isinstance(value, str):
-        raise TypeError(f"{name} must be a real number or array, got a string {value!r}")
-    try:
-        arr = jnp.asarray(value)
-    except TypeError as err:
-        raise TypeError(f"{name} must be a real number or array; {err}") from None
-    if arr.dtype == jnp.bool_:
-        raise TypeError(f"{name} must be a real floating or integer array, got dtype bool")
-    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
-        raise TypeError(
-            f"{name} must be real, got complex dtype {arr.dtype} (the spike of a complex "
-            "number is undefined; pass x.real explicitly if that is what you mean)"
-        )
-    if jnp.issubdtype(arr.dtype, jnp.integer):
-        arr = arr.astype(jnp.result_type(float))
-    elif not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a real floating or integer array, got dtype {arr.dtype}")
-    return arr
-
-
-def _check_broadcast(shape, x_shape, what: str):
-    try:
-        out = np.broadcast_shapes(tuple(shape), tuple(x_shape))
-    except ValueError:
-        out = None
-    if out != tuple(x_shape):
-        raise ValueError(
-            f"{what} has shape {tuple(shape)}, which does not broadcast to the input's shape "
-            f"{tuple(x_shape)} without enlarging it; the spike and its gradient keep x's shape"
-        )
-
-
 def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None):
     """H(x − threshold) with ``surrogate``'s derivative; the engine behind every call."""
     if type(surrogate).surrogate_grad is Surrogate.surrogate_grad:
@@ -223,12 +200,12 @@ def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None
             f"{type(surrogate).__name__} does not implement surrogate_grad(x); a Surrogate "
             "subclass must define it before it can be called."
         )
-    x = _as_float_array(x, "x")
+    x = real_array(x, "x", integers="float")
     if threshold is None:
         thr = jnp.zeros((), x.dtype)
     else:
-        thr = _as_float_array(threshold, "threshold")
-        _check_broadcast(thr.shape, x.shape, "threshold")
+        thr = real_array(threshold, "threshold", integers="float")
+        check_broadcast(thr.shape, x.shape, "threshold")
         dtype = jnp.result_type(x, thr)
         x, thr = x.astype(dtype), thr.astype(dtype)
     x = x.astype(x.dtype)  # a strongly typed result, eager and under jit alike
@@ -241,7 +218,7 @@ def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None
             raise TypeError(
                 f"{type(surrogate).__name__}.{name} must be real, got dtype {p.dtype}"
             )
-        _check_broadcast(p.shape, x.shape, f"{type(surrogate).__name__}.{name}")
+        check_broadcast(p.shape, x.shape, f"{type(surrogate).__name__}.{name}")
         params.append(p)
     resolved = dispatch.resolve(backend)
     if resolved == "pallas":
