@@ -17,14 +17,9 @@ One command on a GPU (sized to finish in well under 3 minutes on an H200):
 3. A copy ceiling (``x + 1`` over 2^27 elements, read + write) measured in the same run.
 4. A small sweep of alternative fused configs at three sizes, to tune the heuristic.
 
-Bytes counted per neuron-step are the fused kernels' traffic (b = element size, K = chunk;
-per-neuron terms such as v0, v_final, dv0 divided by T):
-    fwd      read x, write spikes:                          2b
-    fwd+bwd  + checkpoints (written, read back): 2*4/K; bwd reads x and the spike
-             cotangent, writes dx:                          5b + 8/K
-The same count divides every row's time, so GB/s and "% copy" of a lax.scan row are an
-effective rate (XLA moves more bytes than that). "residual B" is what the fused backward
-keeps beyond its inputs and outputs: the checkpoints, 4/K per neuron-step.
+Bytes per neuron-step, GB/s and "% copy" are counted as ``spikefuse/benchmark/neurons.py``
+explains; "residual B" is what the fused backward keeps beyond its inputs and outputs: the
+membrane checkpoints, 4/K per neuron-step.
 
 ``--tiny`` runs everything at toy sizes on CPU with the ``"interpret"`` backend, to check
 the script itself; its timings mean nothing.
