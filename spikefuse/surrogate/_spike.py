@@ -27,7 +27,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from spikefuse._checks import check_broadcast, real_array
-from spikefuse.kernels import dispatch, sharding
+from spikefuse.kernels import dispatch
 from spikefuse.kernels.dispatch import BackendUnavailableError
 from spikefuse.kernels._compat import silence_triton_deprecation
 from spikefuse.surrogate._base import Surrogate, grad_fn
@@ -59,10 +59,7 @@ def _spike_impl(x, thr, *params, grad_fn, backend):
         return _reference_spike(x, thr)
     from spikefuse.kernels import elementwise
 
-    # Per shard under SPMD sharding; thr broadcasts to x from the right.
-    kernel = functools.partial(elementwise.heaviside, interpret=backend == "interpret")
-    return sharding.per_shard(lambda x, thr: (kernel(x, thr),), (x, thr), leads=(0, 0),
-                              out_leads=(0,), what="spike")[0]
+    return elementwise.heaviside(x, thr, interpret=backend == "interpret")
 
 
 def _spike_grad_impl(x, thr, t, *params, grad_fn, backend):
@@ -70,13 +67,7 @@ def _spike_grad_impl(x, thr, t, *params, grad_fn, backend):
         return _reference_spike_grad(x, thr, t, *params, grad_fn=grad_fn)
     from spikefuse.kernels import elementwise
 
-    def kernel(x, thr, t, *params):
-        return (elementwise.grad_mul(x, thr, t, params, grad_fn,
-                                     interpret=backend == "interpret"),)
-
-    # Per shard under SPMD sharding; thr and params broadcast to x from the right.
-    return sharding.per_shard(kernel, (x, thr, t, *params), leads=(0,) * (3 + len(params)),
-                              out_leads=(0,), what="spike gradient")[0]
+    return elementwise.grad_mul(x, thr, t, params, grad_fn, interpret=backend == "interpret")
 
 
 spike_p = Primitive("spikefuse_spike")
@@ -107,7 +98,6 @@ spike_grad_p.def_abstract_eval(
 
 for _prim, _impl in ((spike_p, _spike_impl), (spike_grad_p, _spike_grad_impl)):
     mlir.register_lowering(_prim, silence_triton_deprecation()(mlir.lower_fun(_impl, multiple_results=False)))
-    sharding.lowers_per_shard(_prim)  # the kernel impls run per shard under SPMD sharding
 
 
 # -- differentiation ---------------------------------------------------------------------
@@ -209,17 +199,9 @@ def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None
         dtype = jnp.result_type(x, thr)
         x, thr = x.astype(dtype), thr.astype(dtype)
     x = x.astype(x.dtype)  # a strongly typed result, eager and under jit alike
-    fn, leaves = grad_fn(surrogate)
-    names = [path[-1].name for path, _ in jax.tree_util.tree_flatten_with_path(surrogate)[0]]
-    params = []
-    for name, leaf in zip(names, leaves):
-        p = jnp.asarray(leaf)
-        if p.dtype == jnp.bool_ or jnp.issubdtype(p.dtype, jnp.complexfloating):
-            raise TypeError(
-                f"{type(surrogate).__name__}.{name} must be real, got dtype {p.dtype}"
-            )
+    fn, params = grad_fn(surrogate)  # validated arrays, one per numeric parameter
+    for name, p in zip(surrogate._split_fields()[0], params):
         check_broadcast(p.shape, x.shape, f"{type(surrogate).__name__}.{name}")
-        params.append(p)
     resolved = dispatch.resolve(backend)
     if resolved == "pallas":
         x = dispatch.gpu_only(x)  # compiling for CPU/TPU raises instead of falling back
