@@ -14,10 +14,14 @@ def real_array(value, name: str, *, integers: str = "keep"):
     """
     if isinstance(value, str):
         raise TypeError(f"{name} must be a real number or array, got a string {value!r}")
+    if value is None:
+        raise TypeError(f"{name} must be a real number or array, got None")
     try:
         arr = jnp.asarray(value)
-    except TypeError as err:
-        raise TypeError(f"{name} must be a real number or array; {err}") from None
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{name} must be a real number or array, got {type(value).__name__}: {err}"
+        ) from None
     expected = "a real floating array" if integers == "reject" else "a real floating or integer array"
     if arr.dtype == jnp.bool_:
         raise TypeError(f"{name} must be {expected}, got dtype bool")

@@ -9,7 +9,6 @@ Both trace the same step function (``dynamics.py``); ``kernels.dispatch.resolve`
 from __future__ import annotations
 
 import functools
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +34,17 @@ def _neuron_param(value, name: str, shape: tuple, cdt):
     return arr.astype(cdt)
 
 
-def _check_scalar_positive(value, name: str):
-    if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, bool):
-        if not float(value) > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+def _check_positive(value, name: str):
+    """Every concrete value (Python or numpy scalar, numpy or non-traced jax array) must be
+    > 0 and not NaN; traced values cannot be checked and pass."""
+    if isinstance(value, (bool, np.bool_, str, jax.core.Tracer)):
+        return  # bools and strings are refused by real_array with a TypeError
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return
+    if arr.size and not np.all(arr > 0):
+        raise ValueError(f"{name} must be > 0 (and not NaN) everywhere, got {value}")
 
 
 def _check_bool(value, name: str):
@@ -174,9 +180,8 @@ def _multistep(step, x_seq, v0, named_params: dict, soft_reset: bool, surrogate,
                         f"{type(config).__name__}")
     N = int(np.prod(shape, dtype=np.int64))
     gfn, gparams = grad_fn(surrogate)
-    names = [jax.tree_util.keystr(path) for path, _ in
-             jax.tree_util.tree_flatten_with_path(surrogate)[0]]
-    gparams = tuple(_neuron_param(p, f"{type(surrogate).__name__}{name}", shape, cdt)
+    names = surrogate._split_fields()[0]  # one validated array per parameter (grad_fn)
+    gparams = tuple(_neuron_param(p, f"{type(surrogate).__name__}.{name}", shape, cdt)
                     for name, p in zip(names, gparams))
 
     resolved = dispatch.resolve(backend)
@@ -269,7 +274,7 @@ def lif(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=Tr
     """
     _check_bool(decay_input, "decay_input")
     _check_bool(detach_reset, "detach_reset")
-    _check_scalar_positive(tau, "tau")
+    _check_positive(tau, "tau")
     soft = v_reset is None
     step = dynamics.lif_spec(soft_reset=soft, decay_input=bool(decay_input),
                              detach_reset=bool(detach_reset))
@@ -380,7 +385,7 @@ class LIF(_Neuron):
     def __init__(self, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
                  detach_reset=False, surrogate: Surrogate | None = None,
                  backend: str | None = None):
-        _check_scalar_positive(tau, "tau")
+        _check_positive(tau, "tau")
         _check_bool(decay_input, "decay_input")
         _check_bool(detach_reset, "detach_reset")
         self.tau = tau

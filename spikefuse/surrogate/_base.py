@@ -12,6 +12,7 @@ bools, strings) are static aux data.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import numbers
 from typing import Any, ClassVar
@@ -19,6 +20,8 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from spikefuse._checks import real_array
 
 __all__ = ["Surrogate", "grad_fn"]
 
@@ -243,5 +246,15 @@ def grad_fn(surrogate: Surrogate):
         raise TypeError(
             f"surrogate must be a spikefuse.surrogate.Surrogate instance, got {type(surrogate).__name__}"
         )
-    leaves, treedef = jax.tree_util.tree_flatten(surrogate)
+    # Every numeric parameter becomes a validated array (a list becomes an array; None, a
+    # string, a bool or a complex number raise a TypeError naming the parameter), so the
+    # pytree has exactly one leaf per parameter.
+    leaf_names, _ = surrogate._split_fields()
+    values = {
+        name: real_array(getattr(surrogate, name), f"{type(surrogate).__name__}.{name}")
+        for name in leaf_names
+    }
+    normalized = copy.copy(surrogate)
+    normalized.__dict__.update(values)
+    leaves, treedef = jax.tree_util.tree_flatten(normalized)
     return _GradFn(treedef), tuple(leaves)
