@@ -35,10 +35,8 @@ if not REQUIRED:
         reason="braintools 0.4.0 (Python >= 3.12) is needed for the parity tests",
     )
 
-try:  # the oracle lives in test_surrogate_formulas
-    from test_surrogate_formulas import NAMES, SPEC, kinks, numeric_params, sample_params
-except ImportError:  # tests/ imported as a package
-    from tests.test_surrogate_formulas import NAMES, SPEC, kinks, numeric_params, sample_params
+# the oracle lives in test_surrogate_formulas (tests/ is on sys.path, as for lowering.py)
+from test_surrogate_formulas import NAMES, SPEC, kinks, numeric_params, sample_params  # noqa: E402
 
 # Tolerance: 1e-5 relative (the issue's bar). The two libraries write some formulas in
 # algebraically equal but differently rounded forms (e.g. braintools' max(α·w − α|x|, 0) vs

@@ -25,17 +25,8 @@ import spikefuse.surrogate as sf
 from spikefuse.kernels import dispatch
 from spikefuse.surrogate import registry
 
-try:  # see test_surrogate_formulas: the oracle lives there
-    from test_surrogate_formulas import NAMES, SPEC, WITH_G, grad64, numeric_params, sample_params
-except ImportError:  # tests/ imported as a package
-    from tests.test_surrogate_formulas import (
-        NAMES,
-        SPEC,
-        WITH_G,
-        grad64,
-        numeric_params,
-        sample_params,
-    )
+# the oracle lives in test_surrogate_formulas (tests/ is on sys.path, as for lowering.py)
+from test_surrogate_formulas import NAMES, SPEC, WITH_G, grad64, numeric_params, sample_params
 
 ALL_37 = ["Surrogate"] + [n for name in NAMES for n in (name, SPEC[name][0])]
 NO_G = [n for n in NAMES if n not in WITH_G]

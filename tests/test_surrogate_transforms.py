@@ -20,30 +20,18 @@ import pytest
 import spikefuse.surrogate as sf
 from spikefuse.surrogate import registry
 
-try:  # the oracle lives in test_surrogate_formulas
-    from test_surrogate_formulas import (
-        NAMES,
-        SPEC,
-        assert_matches_oracle,
-        away_from_kinks,
-        grad64,
-        kinks,
-        numeric_params,
-        peak,
-        sample_params,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.test_surrogate_formulas import (
-        NAMES,
-        SPEC,
-        assert_matches_oracle,
-        away_from_kinks,
-        grad64,
-        kinks,
-        numeric_params,
-        peak,
-        sample_params,
-    )
+# the oracle lives in test_surrogate_formulas (tests/ is on sys.path, as for lowering.py)
+from test_surrogate_formulas import (
+    NAMES,
+    SPEC,
+    assert_matches_oracle,
+    away_from_kinks,
+    grad64,
+    kinks,
+    numeric_params,
+    peak,
+    sample_params,
+)
 
 
 @pytest.fixture(autouse=True)
