@@ -20,6 +20,7 @@ from spikefuse.kernels import scan
 from spikefuse.neurons import dynamics
 from spikefuse.neurons.reference import multistep_reference
 from spikefuse.surrogate import Sigmoid, Surrogate, grad_fn
+from spikefuse.surrogate._base import check_surrogate
 from spikefuse.surrogate import fire as _fire
 
 __all__ = ["IF", "LIF", "integrate_fire", "lif"]
@@ -53,16 +54,7 @@ def _check_bool(value, name: str):
 
 
 def _check_surrogate(surrogate):
-    if surrogate is None:
-        return Sigmoid()
-    if not isinstance(surrogate, Surrogate):
-        raise TypeError("surrogate must be a spikefuse.surrogate.Surrogate instance, got "
-                        f"{type(surrogate).__name__}")
-    if type(surrogate).surrogate_grad is Surrogate.surrogate_grad:
-        raise NotImplementedError(
-            f"{type(surrogate).__name__} does not implement surrogate_grad(x); a Surrogate "
-            "subclass must define it before it can be used.")
-    return surrogate
+    return Sigmoid() if surrogate is None else check_surrogate(surrogate)
 
 
 def _check_x_seq(x_seq):

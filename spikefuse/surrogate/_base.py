@@ -23,7 +23,7 @@ import numpy as np
 
 from spikefuse._checks import real_array
 
-__all__ = ["Surrogate", "grad_fn"]
+__all__ = ["Surrogate", "check_surrogate", "grad_fn"]
 
 
 def _is_traced_or_array(v) -> bool:
@@ -221,6 +221,21 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 
+def check_surrogate(surrogate) -> Surrogate:
+    """``surrogate`` itself if it can be used: a ``Surrogate`` instance (else ``TypeError``)
+    whose class implements ``surrogate_grad`` (else ``NotImplementedError``)."""
+    if not isinstance(surrogate, Surrogate):
+        raise TypeError(
+            f"surrogate must be a spikefuse.surrogate.Surrogate instance, got {type(surrogate).__name__}"
+        )
+    if type(surrogate).surrogate_grad is Surrogate.surrogate_grad:
+        raise NotImplementedError(
+            f"{type(surrogate).__name__} does not implement surrogate_grad(x); a Surrogate "
+            "subclass must define it before it can be used."
+        )
+    return surrogate
+
+
 @dataclasses.dataclass(frozen=True)
 class _GradFn:
     """g′ of a surrogate structure as a function of ``(x, *leaves)``.
@@ -242,10 +257,7 @@ def grad_fn(surrogate: Surrogate):
     ``fn`` is hashable (a static argument); ``params`` is the tuple of numeric parameters
     (the pytree leaves), to be passed as traced operands, e.g. into a kernel body.
     """
-    if not isinstance(surrogate, Surrogate):
-        raise TypeError(
-            f"surrogate must be a spikefuse.surrogate.Surrogate instance, got {type(surrogate).__name__}"
-        )
+    check_surrogate(surrogate)
     # Every numeric parameter becomes a validated array (a list becomes an array; None, a
     # string, a bool or a complex number raise a TypeError naming the parameter), so the
     # pytree has exactly one leaf per parameter.

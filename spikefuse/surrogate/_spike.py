@@ -185,11 +185,6 @@ batching.primitive_batchers[spike_grad_p] = _batcher(spike_grad_p, full=(0, 2))
 # -- public entry points -----------------------------------------------------------------
 def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None):
     """H(x − threshold) with ``surrogate``'s derivative; the engine behind every call."""
-    if type(surrogate).surrogate_grad is Surrogate.surrogate_grad:
-        raise NotImplementedError(
-            f"{type(surrogate).__name__} does not implement surrogate_grad(x); a Surrogate "
-            "subclass must define it before it can be called."
-        )
     x = real_array(x, "x", integers="float")
     if threshold is None:
         thr = jnp.zeros((), x.dtype)
@@ -233,8 +228,4 @@ def fire(v, threshold=0.0, surrogate: Surrogate | None = None, *, backend: str |
         from spikefuse.surrogate._impl import Sigmoid
 
         surrogate = Sigmoid()
-    elif not isinstance(surrogate, Surrogate):
-        raise TypeError(
-            f"surrogate must be a spikefuse.surrogate.Surrogate instance, got {type(surrogate).__name__}"
-        )
     return spike(v, surrogate, threshold, backend=backend)
