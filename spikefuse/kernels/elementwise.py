@@ -33,6 +33,8 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
+from spikefuse.kernels.sharding import check_interpret, match_varying, out_struct
+
 __all__ = ["ElementwiseConfig", "default_config", "heaviside", "grad_mul"]
 
 # Elements one call may cover: in-kernel indices are int32 and reach n + block_size - 1.
@@ -212,9 +214,11 @@ def _pallas(operands, n, is_scalar, grad_fn, compute_dtype, out_dtype, interpret
     scalar_spec = pl.BlockSpec((1,), lambda i: (0,))
     compiler_params = None if interpret else plt.CompilerParams(
         num_warps=config.num_warps, num_stages=config.num_stages)
+    check_interpret(operands, interpret)
+    operands = match_varying(*operands)  # inside a shard_map: one set of varying axes
     return pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((n,), out_dtype),
+        out_shape=out_struct((n,), out_dtype, like=operands[0]),
         grid=(pl.cdiv(n, block),),
         in_specs=[scalar_spec if s else block_spec for s in is_scalar],
         out_specs=block_spec,

@@ -70,6 +70,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from spikefuse.kernels._compat import silence_triton_deprecation
+from spikefuse.kernels.sharding import check_interpret, match_varying, out_struct
 
 __all__ = ["ScanConfig", "check_size", "default_config", "num_checkpoints",
            "residual_bytes_per_step", "scan_backward", "scan_forward"]
@@ -275,13 +276,15 @@ def scan_forward(step: Callable, grad_fn: Callable, x, v0, params: tuple, gparam
         prefetch=config.prefetch)
     seq_spec = pl.BlockSpec((T, block), lambda i: (0, i))
     vec_spec = pl.BlockSpec((block,), lambda i: (i,))
-    out_shape = [jax.ShapeDtypeStruct((T, N), x.dtype), jax.ShapeDtypeStruct((N,), x.dtype)]
+    check_interpret((x, v0, *params), interpret)
+    x, v0, *params = match_varying(x, v0, *params)  # inside a shard_map: one varying set
+    out_shape = [out_struct((T, N), x.dtype, x), out_struct((N,), x.dtype, x)]
     out_specs = [seq_spec, vec_spec]
     if n_ck:
-        out_shape.append(jax.ShapeDtypeStruct((n_ck, N), cdt))
+        out_shape.append(out_struct((n_ck, N), cdt, x))
         out_specs.append(pl.BlockSpec((n_ck, block), lambda i: (0, i)))
     if save_v_seq:
-        out_shape.append(jax.ShapeDtypeStruct((T, N), x.dtype))
+        out_shape.append(out_struct((T, N), x.dtype, x))
         out_specs.append(seq_spec)
     with silence_triton_deprecation():
         outs = pl.pallas_call(
@@ -400,8 +403,10 @@ def scan_backward(step: Callable, grad_fn: Callable, x, v0, ck, params: tuple,
             operands.append(a)
             in_specs.append(spec)
     n_vec = len(want) + bool(v0_grad)  # dv0 (optional), then the parameter gradients
-    out_shape = [jax.ShapeDtypeStruct((T, N), x.dtype)]
-    out_shape += [jax.ShapeDtypeStruct((N,), cdt) for _ in range(n_vec)]
+    check_interpret(operands, interpret)
+    operands = match_varying(*operands)  # inside a shard_map: one set of varying axes
+    out_shape = [out_struct((T, N), x.dtype, operands[0])]
+    out_shape += [out_struct((N,), cdt, operands[0]) for _ in range(n_vec)]
     out_specs = [seq_spec] + [vec_spec for _ in range(n_vec)]
     with silence_triton_deprecation():
         dx, *vecs = pl.pallas_call(

@@ -15,19 +15,26 @@ Each primitive lowers to the backend chosen at bind time (``kernels.dispatch``):
 reference, or the Pallas kernels of ``kernels.elementwise`` (compiled or interpreted). g′ is
 the shape's own ``surrogate_grad``, passed as a static function of ``(x, *params)``; the
 parameters are operands, so a new value never recompiles.
+
+Sharded inputs (``kernels.sharding``): the kernels run per shard. On Explicit mesh axes the
+bind is wrapped in a ``shard_map`` (which jax differentiates and batches like any other);
+on Auto axes a twin pair of primitives (``spike_partitioned_p``, ``spike_grad_partitioned_p``,
+the same rules) lowers each kernel through ``custom_partitioning``.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.extend.core import Primitive
+from jax._src.dispatch import prim_requires_devices_during_lowering as _dispatch_registry
 from jax.interpreters import ad, batching, mlir
 
 from spikefuse._checks import check_broadcast, real_array
-from spikefuse.kernels import dispatch
+from spikefuse.kernels import dispatch, sharding
 from spikefuse.kernels.dispatch import BackendUnavailableError
 from spikefuse.kernels._compat import silence_triton_deprecation
 from spikefuse.surrogate._base import Surrogate, grad_fn
@@ -53,110 +60,127 @@ def _reference_spike_grad(x, thr, t, *params, grad_fn):
     return (t.astype(cdt) * g).astype(t.dtype)
 
 
-def _spike_impl(x, thr, *params, grad_fn, backend):
+def _spike_impl(x, thr, *params, grad_fn, backend, partition):
     del params, grad_fn  # the forward does not depend on the surrogate
     if backend == "reference":
         return _reference_spike(x, thr)
     from spikefuse.kernels import elementwise
 
-    return elementwise.heaviside(x, thr, interpret=backend == "interpret")
+    def kernel(x, thr):
+        return (elementwise.heaviside(x, thr, interpret=backend == "interpret"),)
+
+    return _launch(kernel, (x, thr), partition)
 
 
-def _spike_grad_impl(x, thr, t, *params, grad_fn, backend):
+def _spike_grad_impl(x, thr, t, *params, grad_fn, backend, partition):
     if backend == "reference":
         return _reference_spike_grad(x, thr, t, *params, grad_fn=grad_fn)
     from spikefuse.kernels import elementwise
 
-    return elementwise.grad_mul(x, thr, t, params, grad_fn, interpret=backend == "interpret")
+    def kernel(x, thr, t, *params):
+        return (elementwise.grad_mul(x, thr, t, params, grad_fn,
+                                     interpret=backend == "interpret"),)
+
+    return _launch(kernel, (x, thr, t, *params), partition)
 
 
-spike_p = Primitive("spikefuse_spike")
-spike_grad_p = Primitive("spikefuse_spike_grad")
+def _launch(kernel, args, partition):
+    if partition:  # per shard: thr, t and the parameters line up with x from the right
+        kernel = sharding.partitioned(kernel, leads=(0,) * len(args), out_leads=(0,))
+    return kernel(*args)[0]
 
 
-@functools.lru_cache(maxsize=512)
-def _jitted(prim, grad_fn, backend):
-    return jax.jit(functools.partial(prim.bind, grad_fn=grad_fn, backend=backend))
+class _Ops(NamedTuple):
+    spike: Primitive  # (x, thr, *params) -> H(x - thr)
+    grad: Primitive   # (x, thr, t, *params) -> t * g'(x - thr)
 
 
-def _eager(prim):
-    # Eager calls go through jit, so they take the same lowering (and the same clear error
-    # for a backend that cannot run here) as traced ones.
-    def impl(*args, grad_fn, backend):
-        return _jitted(prim, grad_fn, backend)(*args)
-
-    return impl
+def _bind(prim, *args, **params):
+    # Inside a shard_map the operands must agree on the manual axes they vary over.
+    return prim.bind(*sharding.match_varying(*args), **params)
 
 
-spike_p.def_impl(_eager(spike_p))
-spike_grad_p.def_impl(_eager(spike_grad_p))
-spike_p.def_abstract_eval(lambda x, thr, *params, **_: jax.core.ShapedArray(x.shape, x.dtype))
-spike_grad_p.def_abstract_eval(
-    lambda x, thr, t, *params, **_: jax.core.ShapedArray(x.shape, t.dtype)
-)
+def _define(suffix: str, partition: bool) -> _Ops:
+    """The two primitives and their rules; ``partition``: the kernels run per shard."""
+    ops = _Ops(Primitive("spikefuse_spike" + suffix), Primitive("spikefuse_spike_grad" + suffix))
+
+    @functools.lru_cache(maxsize=512)
+    def jitted(prim, grad_fn, backend):
+        return jax.jit(functools.partial(prim.bind, grad_fn=grad_fn, backend=backend))
+
+    for prim, impl in ((ops.spike, _spike_impl), (ops.grad, _spike_grad_impl)):
+        # Eager calls go through jit, so they take the same lowering (and the same clear
+        # error for a backend that cannot run here) as traced ones.
+        prim.def_impl(lambda *args, grad_fn, backend, _p=prim: jitted(_p, grad_fn, backend)(*args))
+        lowering = mlir.lower_fun(functools.partial(impl, partition=partition),
+                                  multiple_results=False)
+        mlir.register_lowering(prim, silence_triton_deprecation()(lowering))
+    # x's shape, sharding and varying axes (operands agree on those, see _bind).
+    ops.spike.def_abstract_eval(lambda x, thr, *params, **_: x.update(weak_type=False))
+    ops.grad.def_abstract_eval(
+        lambda x, thr, t, *params, **_: x.update(dtype=t.dtype, weak_type=False))
+
+    # -- differentiation
+    def spike_jvp(primals, tangents, *, grad_fn, backend):
+        x, thr, *params = primals
+        tx, tthr = tangents[0], tangents[1]
+        y = _bind(ops.spike, *primals, grad_fn=grad_fn, backend=backend)
+        lin = None if type(tx) is ad.Zero else tx
+        if type(tthr) is not ad.Zero:
+            neg = -jnp.broadcast_to(tthr, x.shape).astype(x.dtype)
+            lin = neg if lin is None else lin + neg
+        if lin is None:  # only parameter tangents: dH/dparams = 0
+            return y, _zero_like_out(x, x.dtype)
+        return y, _bind(ops.grad, x, thr, lin, *params, grad_fn=grad_fn, backend=backend)
+
+    def grad_jvp(primals, tangents, *, grad_fn, backend):
+        x, thr, t, *params = primals
+        out = _bind(ops.grad, *primals, grad_fn=grad_fn, backend=backend)
+        terms = []
+        if type(tangents[2]) is not ad.Zero:  # linear in t
+            terms.append(_bind(ops.grad, x, thr, tangents[2], *params, grad_fn=grad_fn,
+                               backend=backend))
+        moving = [i for i, tan in enumerate(tangents) if i != 2 and type(tan) is not ad.Zero]
+        if moving:  # second order: differentiate the reference formula through x, thr, params
+
+            def f(*vals):
+                args = list(primals)
+                for i, v in zip(moving, vals):
+                    args[i] = v
+                return _reference_spike_grad(*args, grad_fn=grad_fn)
+
+            _, tan = jax.jvp(f, [primals[i] for i in moving], [tangents[i] for i in moving])
+            terms.append(tan)
+        if not terms:
+            return out, _zero_like_out(x, t.dtype)
+        return out, functools.reduce(jnp.add, terms)
+
+    def grad_transpose(ct, x, thr, t, *params, grad_fn, backend):
+        if any(ad.is_undefined_primal(v) for v in (x, thr, *params)):
+            raise NotImplementedError("spike_grad_p is linear only in its cotangent argument t")
+        if type(ct) is ad.Zero:
+            ct_t = None
+        else:
+            ct_t = _bind(ops.grad, x, thr, ct, *params, grad_fn=grad_fn, backend=backend)
+        return [None, None, ct_t] + [None] * len(params)
+
+    ad.primitive_jvps[ops.spike] = spike_jvp
+    ad.primitive_jvps[ops.grad] = grad_jvp
+    ad.primitive_transposes[ops.grad] = grad_transpose
+    for op, prim, full in (("spike", ops.spike, (0,)), ("grad", ops.grad, (0, 2))):
+        if partition:
+            bind = functools.partial(_bind, prim)
+        else:  # vmap can reveal a sharded batch axis (explicit): place the batched op anew
+            bind = functools.partial(_bind_placed, op)
+        batching.primitive_batchers[prim] = _batcher(bind, full)
+    return ops
 
 
-for _prim, _impl in ((spike_p, _spike_impl), (spike_grad_p, _spike_grad_impl)):
-    mlir.register_lowering(_prim, silence_triton_deprecation()(mlir.lower_fun(_impl, multiple_results=False)))
-
-
-# -- differentiation ---------------------------------------------------------------------
 def _zero_like_out(x, dtype):
     return ad.Zero(jax.core.ShapedArray(x.shape, dtype))
 
 
-def _spike_jvp(primals, tangents, *, grad_fn, backend):
-    x, thr, *params = primals
-    tx, tthr = tangents[0], tangents[1]
-    y = spike_p.bind(*primals, grad_fn=grad_fn, backend=backend)
-    lin = None if type(tx) is ad.Zero else tx
-    if type(tthr) is not ad.Zero:
-        neg = -jnp.broadcast_to(tthr, x.shape).astype(x.dtype)
-        lin = neg if lin is None else lin + neg
-    if lin is None:  # only parameter tangents: dH/dparams = 0
-        return y, _zero_like_out(x, x.dtype)
-    return y, spike_grad_p.bind(x, thr, lin, *params, grad_fn=grad_fn, backend=backend)
-
-
-def _spike_grad_jvp(primals, tangents, *, grad_fn, backend):
-    x, thr, t, *params = primals
-    out = spike_grad_p.bind(*primals, grad_fn=grad_fn, backend=backend)
-    terms = []
-    if type(tangents[2]) is not ad.Zero:  # linear in t
-        terms.append(spike_grad_p.bind(x, thr, tangents[2], *params, grad_fn=grad_fn, backend=backend))
-    moving = [i for i, tan in enumerate(tangents) if i != 2 and type(tan) is not ad.Zero]
-    if moving:  # second order: differentiate the reference formula through x, thr, params
-
-        def f(*vals):
-            args = list(primals)
-            for i, v in zip(moving, vals):
-                args[i] = v
-            return _reference_spike_grad(*args, grad_fn=grad_fn)
-
-        _, tan = jax.jvp(f, [primals[i] for i in moving], [tangents[i] for i in moving])
-        terms.append(tan)
-    if not terms:
-        return out, _zero_like_out(x, t.dtype)
-    return out, functools.reduce(jnp.add, terms)
-
-
-def _spike_grad_transpose(ct, x, thr, t, *params, grad_fn, backend):
-    if any(ad.is_undefined_primal(v) for v in (x, thr, *params)):
-        raise NotImplementedError("spike_grad_p is linear only in its cotangent argument t")
-    if type(ct) is ad.Zero:
-        ct_t = None
-    else:
-        ct_t = spike_grad_p.bind(x, thr, ct, *params, grad_fn=grad_fn, backend=backend)
-    return [None, None, ct_t] + [None] * len(params)
-
-
-ad.primitive_jvps[spike_p] = _spike_jvp
-ad.primitive_jvps[spike_grad_p] = _spike_grad_jvp
-ad.primitive_transposes[spike_grad_p] = _spike_grad_transpose
-
-
-# -- batching ----------------------------------------------------------------------------
-def _batcher(prim, full):
+def _batcher(bind, full):
     """vmap rule for an elementwise primitive whose operands at indices ``full`` have x's
     shape and whose others (threshold, parameters) broadcast to it from the right."""
 
@@ -173,13 +197,36 @@ def _batcher(prim, full):
                 if i not in full:  # align (B, *p) under (B, *x)
                     a = a.reshape((size,) + (1,) * (x_rank - (a.ndim - 1)) + a.shape[1:])
             moved.append(a)
-        return prim.bind(*moved, **params), 0
+        return bind(*moved, **params), 0
 
     return rule
 
 
-batching.primitive_batchers[spike_p] = _batcher(spike_p, full=(0,))
-batching.primitive_batchers[spike_grad_p] = _batcher(spike_grad_p, full=(0, 2))
+def _bind_placed(op: str, *args, grad_fn, backend):
+    """Binds ``op`` ("spike" or "grad") the way ``args[0]``'s placement needs (see
+    ``kernels.sharding``): local, partitioned (Auto axes) or in a shard_map (Explicit)."""
+    x, params = args[0], dict(grad_fn=grad_fn, backend=backend)
+    where = sharding.placement(x)
+    # The reference is plain jnp, which XLA partitions by itself; kernels need a hand.
+    if backend == "reference" or x.ndim == 0 or x.size == 0 or where.kind == "local":
+        return _bind(getattr(_LOCAL, op), *args, **params)
+    if where.kind == "auto":
+        return _bind(getattr(_PARTITIONED, op), *args, **params)
+    return sharding.shard_mapped(lambda *a: (_bind(getattr(_LOCAL, op), *a, **params),),
+                                 args, leads=(0,) * len(args), out_leads=(0,),
+                                 what="spike", where=where)[0]
+
+
+# The ops on local arrays: one device, no mesh, inside a shard_map, or the reference backend.
+spike_p, spike_grad_p = _LOCAL = _define("", partition=False)
+# The same ops for kernels on a multi-device Auto mesh: they lower the kernel through
+# custom_partitioning, which needs the device assignment while lowering. jax hands it to
+# computations that hold a primitive of this registry (its own cuDNN attention is one). A
+# separate pair, because jax refuses such primitives when lowering for an abstract mesh
+# (jax.export for cuda on a CPU-only machine), which the local pair must keep supporting.
+spike_partitioned_p, spike_grad_partitioned_p = _PARTITIONED = _define("_partitioned",
+                                                                        partition=True)
+_dispatch_registry.update(_PARTITIONED)
 
 
 # -- public entry points -----------------------------------------------------------------
@@ -200,7 +247,7 @@ def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None
     resolved = dispatch.resolve(backend)
     if resolved == "pallas":
         x = dispatch.gpu_only(x)  # compiling for CPU/TPU raises instead of falling back
-    return spike_p.bind(x, thr, *params, grad_fn=fn, backend=resolved)
+    return _bind_placed("spike", x, thr, *params, grad_fn=fn, backend=resolved)
 
 
 def fire(v, threshold=0.0, surrogate: Surrogate | None = None, *, backend: str | None = None):
@@ -217,7 +264,8 @@ def fire(v, threshold=0.0, surrogate: Surrogate | None = None, *, backend: str |
         ``"pallas"`` or ``"interpret"``.
 
     Returns:
-      Spikes in ``result_type(v, threshold)``, ``v``'s shape.
+      Spikes in ``result_type(v, threshold)``, ``v``'s shape. A ``v`` sharded across
+      devices is processed per shard (README, "Scaling across devices").
 
     Example:
       >>> import jax.numpy as jnp, spikefuse
