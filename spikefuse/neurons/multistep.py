@@ -17,6 +17,7 @@ import numpy as np
 from spikefuse._checks import check_broadcast, real_array
 from spikefuse.kernels import dispatch
 from spikefuse.kernels import scan
+from spikefuse.kernels import sharding
 from spikefuse.neurons import dynamics
 from spikefuse.neurons.reference import multistep_reference
 from spikefuse.surrogate import Sigmoid, Surrogate, grad_fn
@@ -82,11 +83,71 @@ def _is_zero(ct) -> bool:
     return isinstance(ct, jax.custom_derivatives.SymbolicZero)
 
 
+# The kernels see [T, N] / [N] arrays; the custom_vjp and the sharding wrapper see the user's
+# [T, *shape] / broadcastable-to-shape arrays, so flattening happens per shard (flattening a
+# sharded [T, *shape] globally could force communication).
+def _flat(p, shape):  # [1] for a scalar, [N] for a per-neuron parameter
+    return p.reshape(1) if p.size == 1 else jnp.broadcast_to(p, shape).reshape(-1)
+
+
+def _local_forward(step, gfn, config, interpret, with_v_seq, save_ck, n_params, *args):
+    x, v0, params, gparams = args[0], args[1], args[2:2 + n_params], args[2 + n_params:]
+    T, shape = x.shape[0], x.shape[1:]
+    s, v_T, ck, v_seq = scan.scan_forward(
+        step, gfn, x.reshape(T, -1), _flat(v0, shape), tuple(_flat(p, shape) for p in params),
+        tuple(_flat(p, shape) for p in gparams), config=config, interpret=interpret,
+        save_checkpoints=save_ck, save_v_seq=with_v_seq)
+    outs = [s.reshape(x.shape), v_T.reshape(shape)]
+    if ck is not None:
+        outs.append(ck.reshape(ck.shape[:1] + shape))
+    if with_v_seq:
+        outs.append(v_seq.reshape(x.shape))
+    return tuple(outs)
+
+
+def _forward(step, gfn, config, interpret, with_v_seq, save_ck, x, v0, params, gparams):
+    """(s, v_T, ck or None, v_seq or None), run per shard over the neuron dims."""
+    args = (x, v0, *params, *gparams)
+    n_ck = scan.num_checkpoints(x.shape[0], config.chunk) if save_ck else 0
+    out_leads = (1, 0) + ((1,) if n_ck else ()) + ((1,) if with_v_seq else ())
+    outs = list(sharding.per_shard(
+        functools.partial(_local_forward, step, gfn, config, interpret, with_v_seq,
+                          save_ck, len(params)),
+        args, leads=(1,) + (0,) * (len(args) - 1), out_leads=out_leads,
+        what="a multi-step neuron (x_seq is [T, *shape])"))
+    s, v_T = outs[0], outs[1]
+    ck = outs[2] if n_ck else None
+    v_seq = outs[-1] if with_v_seq else None
+    return s, v_T, ck, v_seq
+
+
+def _local_backward(step, gfn, config, interpret, want, want_v0, layout, *args):
+    n_params, n_g, has_ck, has_ds, has_dvT, has_dvs = layout
+    it = iter(args)
+    x, v0 = next(it), next(it)
+    ck = next(it) if has_ck else None
+    params = tuple(next(it) for _ in range(n_params))
+    gparams = tuple(next(it) for _ in range(n_g))
+    ds = next(it) if has_ds else None
+    dv_T = next(it) if has_dvT else None
+    dv_seq = next(it) if has_dvs else None
+    T, shape = x.shape[0], x.shape[1:]
+    seq = (lambda a: None if a is None else a.reshape(T, -1))
+    dx, dv0, dps = scan.scan_backward(
+        step, gfn, x.reshape(T, -1), _flat(v0, shape), None if ck is None else
+        ck.reshape(ck.shape[0], -1), tuple(_flat(p, shape) for p in params),
+        tuple(_flat(p, shape) for p in gparams), seq(ds),
+        None if dv_T is None else dv_T.reshape(-1), seq(dv_seq), config=config,
+        interpret=interpret, param_grads=want, v0_grad=want_v0)
+    outs = [dx.reshape(x.shape)]
+    outs += [g.reshape(shape) for g in (dv0, *dps) if g is not None]
+    return tuple(outs)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
 def _fused(step, gfn, config, interpret, with_v_seq, x, v0, params, gparams):
-    s, v_T, _, v_seq = scan.scan_forward(step, gfn, x, v0, params, gparams, config=config,
-                                         interpret=interpret, save_checkpoints=False,
-                                         save_v_seq=with_v_seq)
+    s, v_T, _, v_seq = _forward(step, gfn, config, interpret, with_v_seq, False, x, v0,
+                                params, gparams)
     return (s, v_T, v_seq) if with_v_seq else (s, v_T)
 
 
@@ -98,9 +159,8 @@ def _fused_fwd(step, gfn, config, interpret, with_v_seq, x, v0, params, gparams)
     x, v0 = x.value, v0.value
     params = tuple(p.value for p in params)
     gparams = tuple(p.value for p in gparams)
-    s, v_T, ck, v_seq = scan.scan_forward(step, gfn, x, v0, params, gparams, config=config,
-                                          interpret=interpret, save_checkpoints=True,
-                                          save_v_seq=with_v_seq)
+    s, v_T, ck, v_seq = _forward(step, gfn, config, interpret, with_v_seq, True, x, v0,
+                                 params, gparams)
     out = (s, v_T, v_seq) if with_v_seq else (s, v_T)
     return out, (x, v0, ck, params, gparams, _Flags((want, want_v0)))
 
@@ -110,12 +170,30 @@ def _fused_bwd(step, gfn, config, interpret, with_v_seq, res, cts):
     want, want_v0 = flags.value
     ds, dv_T, *rest = (None if _is_zero(c) else c for c in cts)
     dv_seq = rest[0] if with_v_seq else None
-    dx, dv0, dps = scan.scan_backward(
-        step, gfn, x, v0, ck, params, gparams, ds, dv_T, dv_seq, config=config,
-        interpret=interpret, param_grads=want, v0_grad=want_v0)
+    layout = (len(params), len(gparams), ck is not None, ds is not None, dv_T is not None,
+              dv_seq is not None)
+    present = [(x, 1), (v0, 0), (ck, 1), *((p, 0) for p in (*params, *gparams)), (ds, 1),
+               (dv_T, 0), (dv_seq, 1)]
+    args = [a for a, _ in present if a is not None]
+    leads = [lead for a, lead in present if a is not None]
+    n_out = 1 + bool(want_v0) + sum(want)
+    outs = list(sharding.per_shard(
+        functools.partial(_local_backward, step, gfn, config, interpret, want, want_v0,
+                          layout),
+        args, leads=leads, out_leads=(1,) + (0,) * (n_out - 1),
+        what="a multi-step neuron's backward (x_seq is [T, *shape])"))
+    dx = outs.pop(0)
+    dv0 = outs.pop(0) if want_v0 else None
+    dps = [outs.pop(0) if w else None for w in want]
 
-    def reduce(g, like):  # per-neuron [N] -> the operand's [1] or [N] shape
-        return None if g is None else g.sum().reshape(1) if like.shape != g.shape else g
+    def reduce(g, like):  # per-neuron [*shape] -> the operand's shape (summed where broadcast)
+        if g is None:
+            return None
+        lead = g.ndim - like.ndim
+        g = g.sum(axis=tuple(range(lead))) if lead else g
+        axes = tuple(i for i, n in enumerate(like.shape) if n == 1 and g.shape[i] != 1)
+        g = (g.sum(axis=axes, keepdims=True) if axes else g).astype(like.dtype)
+        return sharding.typed_like(g, like)  # custom_vjp wants the primal's type
 
     return (dx, reduce(dv0, v0), tuple(reduce(g, p) for g, p in zip(dps, params)),
             tuple(None for _ in gparams))
@@ -126,23 +204,18 @@ _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _run_fused(step, gfn, config, interpret, with_v_seq, x, v0, params, gparams):
-    T, shape = x.shape[0], x.shape[1:]
-    N = int(np.prod(shape, dtype=np.int64))
-
-    def flat(p):  # [1] for a scalar, [N] for a per-neuron parameter
-        return p.reshape(1) if p.size == 1 else jnp.broadcast_to(p, shape).reshape(N)
-
-    outs = _fused(step, gfn, config, interpret, with_v_seq, x.reshape(T, N),
-                  flat(v0), tuple(flat(p) for p in params),
-                  tuple(flat(p) for p in gparams))
-    s, v_T = outs[0].reshape(x.shape), outs[1].reshape(shape)
-    return (s, v_T, outs[2].reshape(x.shape)) if with_v_seq else (s, v_T)
+    # Inside a shard_map, a replicated parameter enters varying like x; the cast's
+    # transpose sums its gradient over devices.
+    x, v0, *rest = sharding.match_varying(x, v0, *params, *gparams)
+    params, gparams = tuple(rest[:len(params)]), tuple(rest[len(params):])
+    return _fused(step, gfn, config, interpret, with_v_seq, x, v0, params, gparams)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run_reference(step, unroll, with_v_seq, x, v0, params, surrogate):
     fire = functools.partial(_fire, surrogate=surrogate, backend="reference")
-    v0 = jnp.broadcast_to(v0, x.shape[1:])
+    # Shaped (and, on Explicit mesh axes, sharded) like one time step of x: the scan carry.
+    v0 = v0 + jnp.zeros_like(x[0], dtype=v0.dtype)
     return multistep_reference(step, x, v0, params, fire, unroll=unroll,
                                return_v_seq=with_v_seq)
 
@@ -151,6 +224,9 @@ def _multistep(step, x_seq, v0, named_params: dict, soft_reset: bool, surrogate,
                return_v_seq, unroll, config):
     """Validates, then runs ``step`` on the backend resolved for this call."""
     x = _check_x_seq(x_seq)
+    where = sharding.placement(x)
+    if where.kind == "explicit":  # the time loop is sequential: T cannot be split
+        sharding.check_lead(where.spec, 1, "x_seq")
     surrogate = _check_surrogate(surrogate)
     _check_bool(return_v_seq, "return_v_seq")
     T, shape = x.shape[0], tuple(x.shape[1:])
@@ -220,6 +296,10 @@ def integrate_fire(x_seq, v0=None, *, v_threshold=1.0, v_reset=0.0, detach_reset
       ``x_seq``'s shape, ``v_final`` of ``shape``, all in ``x_seq``'s dtype (the state is
       carried in f32 for bf16/f16 inputs). Gradients flow to ``x_seq``, ``v0``, the
       threshold and the reset potential; the surrogate's parameters get 0.
+
+    Sharding: an ``x_seq`` sharded across devices over any axis but time runs per shard
+    (README, "Scaling across devices"); one sharded along time on Explicit mesh axes
+    raises ``ValueError``.
 
     Example:
       >>> import jax.numpy as jnp
