@@ -3,6 +3,7 @@
 Shared by every kernel test. jax >= 0.12 asks the Pallas Triton lowering for the target
 GPU's compute capability; with no GPU present it must come from an abstract device, so we
 lower inside ``use_abstract_mesh`` with an H200 (our GPU target). jax 0.10.2 needs nothing.
+`cuda_mesh` gives the same for a multi-device mesh (a function with a ``shard_map``).
 """
 
 import contextlib
@@ -10,27 +11,43 @@ import warnings
 
 import jax
 from jax import export
+from jax.sharding import AxisType
 
-_TRITON_CALL = "__gpu$xla.gpu.triton"
+TRITON_CALL = "__gpu$xla.gpu.triton"
+_H200 = dict(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
 
 
 def _abstract_gpu():
+    return cuda_mesh((1,), ("_gpu",), AxisType.Explicit)[1]
+
+
+def cuda_mesh(shape, names, axis_type=AxisType.Auto):
+    """``(mesh, context)``: a mesh to lower for ``cuda`` with, and the context to lower in.
+
+    jax >= 0.12: an abstract mesh of H200s, also entered as the context. jax 0.10.2 has no
+    abstract devices: this machine's (CPU) devices, and no context.
+    """
     if not hasattr(jax.sharding, "AbstractDevice"):
-        return contextlib.nullcontext()
-    from jax.sharding import AxisType
+        if shape == (1,):
+            return None, contextlib.nullcontext()
+        return jax.make_mesh(shape, names, axis_types=(axis_type,) * len(shape)), \
+            contextlib.nullcontext()
+    device = jax.sharding.AbstractDevice(**_H200)
+    mesh = jax.sharding.AbstractMesh(tuple(shape), tuple(names), (axis_type,) * len(shape),
+                                     abstract_device=device)
+    return mesh, jax.sharding.use_abstract_mesh(mesh)
 
-    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
-    mesh = jax.sharding.AbstractMesh((1,), ("_gpu",), (AxisType.Explicit,), abstract_device=device)
-    return jax.sharding.use_abstract_mesh(mesh)
 
+def export_for_cuda(fn, *avals, context=None):
+    """Returns the StableHLO text of ``jax.jit(fn)`` lowered for ``cuda`` at ``avals``.
 
-def export_for_cuda(fn, *avals):
-    """Returns the StableHLO text of ``jax.jit(fn)`` lowered for ``cuda`` at ``avals``."""
-    with _abstract_gpu(), warnings.catch_warnings():
+    ``context``: the one `cuda_mesh` returned, for a function over a multi-device mesh.
+    """
+    with context or _abstract_gpu(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*[Tt]riton.*")
         exported = export.export(
             jax.jit(fn),
             platforms=["cuda"],
-            disabled_checks=[export.DisabledSafetyCheck.custom_call(_TRITON_CALL)],
+            disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON_CALL)],
         )(*avals)
     return exported.mlir_module()

@@ -1,0 +1,409 @@
+"""Sharded inputs on 8 simulated CPU devices: the kernels run per shard.
+
+For the elementwise spike (``fire``) and the multi-step neurons (``LIF``/``IF``), in
+Pallas interpret mode, on 1-D and 2-D meshes with Auto and Explicit axes:
+
+* sharded results equal the unsharded ones (jit on one device): spikes, membranes and
+  per-element gradients bit for bit; gradients of shared parameters (summed across
+  devices, so in another order) to float32 rounding;
+* the compiled HLO holds no all-gather, all-to-all or collective-permute (an all-reduce,
+  for the gradients of shared parameters, is expected);
+* the output keeps the input's sharding.
+
+Also: jit with in_shardings/out_shardings, a user's shard_map, vmap and forward mode of
+sharded calls, a time-sharded x_seq (a ValueError on Explicit axes, a documented
+all-gather on Auto axes), and the cuda lowering of the Pallas path inside a shard_map.
+"""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import spikefuse
+import spikefuse.neurons as sn
+from spikefuse import surrogate as sg
+from spikefuse.kernels import scan
+
+import lowering
+
+BACKEND = "interpret"
+GATHERS = ("all-gather", "all-to-all", "collective-permute")
+# Small kernels: interpret mode compiles every block; several chunks and blocks per shard.
+CFG = scan.ScanConfig(block=8, chunk=3, num_warps=1)
+MESHES = {"1d": ((8,), ("d",)), "2d": ((2, 4), ("a", "b"))}
+# [batch, features] layouts per mesh; neurons get a leading time axis.
+LAYOUTS = {"1d": P("d"), "2d": P("a", "b")}
+AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
+
+
+def make_mesh(name, types):
+    shape, names = MESHES[name]
+    return jax.make_mesh(shape, names, axis_types=(AXIS_TYPES[types],) * len(shape))
+
+
+def collectives(compiled_text):
+    return sorted(set(re.findall(
+        r"\b(all-gather|all-to-all|collective-permute|all-reduce|reduce-scatter)\b",
+        compiled_text)))
+
+
+def assert_no_gathers(jitted, *args):
+    found = collectives(jitted.lower(*args).compile().as_text())
+    assert not set(found) & set(GATHERS), f"collectives in the HLO: {found}"
+    return found
+
+
+def assert_same(got, want, how):
+    """``how``: "exact" (forward values), "ulp" (per-element gradients: the same formula,
+    but XLA may vectorise it differently for a shard's shape than for the whole array), or
+    "sum" (gradients of shared parameters, summed across devices in another order)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if how == "exact":
+        np.testing.assert_array_equal(got, want)
+    elif how == "ulp":
+        np.testing.assert_array_max_ulp(got, want, maxulp=4)
+    else:
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+
+
+def spec_of(array):
+    spec = tuple(array.sharding.spec)
+    return spec + (None,) * (array.ndim - len(spec))
+
+
+def run_sharded(fn, mesh, args, shardings, check_hlo=True):
+    """``jit(fn)`` on ``args`` placed with ``shardings``, inside the mesh, and the
+    collectives of its HLO (checked to hold no gathers unless ``check_hlo`` is False)."""
+    placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, shardings)]
+    with jax.set_mesh(mesh):
+        jitted = jax.jit(fn)
+        out = jitted(*placed)
+        text = jitted.lower(*placed).compile().as_text()
+    found = collectives(text)
+    if check_hlo:
+        assert not set(found) & set(GATHERS), f"collectives in the HLO: {found}"
+    return out, found
+
+
+# -- elementwise -------------------------------------------------------------------------------
+RNG = np.random.default_rng(0)
+X = jnp.asarray(RNG.normal(size=(16, 12)), jnp.float32)        # ragged per shard (24 or 12)
+THR = jnp.asarray(RNG.normal(size=(12,)) * 0.2, jnp.float32)   # per feature, replicated
+ALPHA = jnp.asarray(RNG.uniform(1.0, 4.0, size=(16, 12)), jnp.float32)  # per element
+
+
+# Cotangent weights: d loss/dx = W * g'(x - thr) is then the kernel's own output, so it can
+# be compared bit for bit (XLA's CPU cos, say, differs by an ulp between loop shapes).
+W = jnp.asarray(RNG.normal(size=X.shape), jnp.float32)
+
+
+def fire_and_grads(x, thr, alpha, w=W):
+    surrogate = sg.Sigmoid(alpha=alpha)
+
+    def loss(x, thr):
+        return (spikefuse.fire(x, thr, surrogate, backend=BACKEND) * w).sum()
+
+    return spikefuse.fire(x, thr, surrogate, backend=BACKEND), jax.grad(loss, (0, 1))(x, thr)
+
+
+@pytest.mark.parametrize("types", AXIS_TYPES)
+@pytest.mark.parametrize("mesh_name", MESHES)
+def test_fire_per_shard(mesh_name, types):
+    mesh = make_mesh(mesh_name, types)
+    spec = LAYOUTS[mesh_name]
+    want_s, (want_gx, want_gt) = jax.jit(fire_and_grads)(X, THR, ALPHA)
+    (s, (gx, gt)), found = run_sharded(fire_and_grads, mesh, (X, THR, ALPHA), (spec, P(), spec))
+    assert_same(s, want_s, "exact")
+    assert_same(gx, want_gx, "ulp")
+    assert_same(gt, want_gt, "sum")  # summed over devices
+    assert "all-reduce" in found  # the threshold's gradient
+    assert spec_of(s) == spec_of(jax.device_put(X, NamedSharding(mesh, spec)))
+
+
+@pytest.mark.parametrize("types", AXIS_TYPES)
+def test_fire_forward_mode(types):
+    mesh = make_mesh("2d", types)
+
+    def f(x, thr, alpha):
+        s = lambda x: spikefuse.fire(x, thr, sg.Sigmoid(alpha=alpha), backend=BACKEND)
+        return jax.jvp(s, (x,), (jnp.sin(x),))
+
+    want = jax.jit(f)(X, THR, ALPHA)
+    got, _ = run_sharded(f, mesh, (X, THR, ALPHA), (P("a", "b"), P(), P("a", "b")))
+    for g, w, how in zip(got, want, ("exact", "ulp")):
+        assert_same(g, w, how)
+
+
+@pytest.mark.parametrize("types,spec", [("auto", P("a", "b")), ("explicit", P(None, "b"))])
+def test_fire_vmap(types, spec):
+    # vmap over x's first axis. On Auto axes it may be sharded; on Explicit axes jax's
+    # shard_map batching gathers a sharded vmapped axis (README), so it is not sharded here.
+    mesh = make_mesh("2d", types)
+
+    def f(x, thr, w):
+        def one(row, t, w_row):
+            loss = lambda row: (spikefuse.fire(row, t, sg.Arctan(), backend=BACKEND) * w_row).sum()
+            return spikefuse.fire(row, t, sg.Arctan(), backend=BACKEND), jax.grad(loss)(row)
+
+        return jax.vmap(one, in_axes=(0, None, 0))(x, thr, w)
+
+    want = jax.jit(f)(X, THR, W)
+    got, _ = run_sharded(f, mesh, (X, THR, W), (spec, P(), spec))
+    for g, w, how in zip(got, want, ("exact", "ulp")):
+        assert_same(g, w, how)
+
+
+def test_fire_jit_in_and_out_shardings():
+    mesh = make_mesh("1d", "auto")
+    x_sharding = NamedSharding(mesh, P("d"))
+    jitted = jax.jit(fire_and_grads,
+                     in_shardings=(x_sharding, NamedSharding(mesh, P()), x_sharding),
+                     out_shardings=(x_sharding, (x_sharding, NamedSharding(mesh, P()))))
+    want_s, (want_gx, want_gt) = jax.jit(fire_and_grads)(X, THR, ALPHA)
+    s, (gx, gt) = jitted(X, THR, ALPHA)  # uncommitted arrays: jit places them
+    assert_no_gathers(jitted, X, THR, ALPHA)
+    assert_same(s, want_s, "exact")
+    assert_same(gx, want_gx, "ulp")
+    assert_same(gt, want_gt, "sum")
+    assert s.sharding.is_equivalent_to(x_sharding, s.ndim)
+
+
+def test_fire_threshold_sharded_like_x():
+    # An operand of x's shape and layout is used shard by shard, with no resharding.
+    mesh = make_mesh("2d", "explicit")
+    thr = jnp.asarray(RNG.normal(size=X.shape) * 0.2, jnp.float32)
+
+    def f(x, thr):
+        return spikefuse.fire(x, thr, sg.GaussianGrad(), backend=BACKEND)
+
+    got, found = run_sharded(f, mesh, (X, thr), (P("a", "b"), P("a", "b")))
+    assert_same(got, jax.jit(f)(X, thr), "exact")
+    assert found == []
+
+
+# -- neurons ------------------------------------------------------------------------------------
+T = 7  # two full chunks of 3 and a ragged one
+XS = jnp.asarray(RNG.normal(size=(T, 16, 12)) + 0.6, jnp.float32)
+TAU = jnp.asarray(RNG.uniform(1.5, 4.0, size=(12,)), jnp.float32)  # per feature, replicated
+V0 = jnp.asarray(RNG.normal(size=(16, 12)) * 0.3, jnp.float32)
+
+
+def lif_and_grads(x_seq, tau, v0):
+    def run(x_seq, tau, v0):
+        return sn.lif(x_seq, v0, tau=tau, backend=BACKEND, config=CFG, return_v_seq=True)
+
+    def loss(x_seq, tau, v0):
+        s, v_T, v_seq = run(x_seq, tau, v0)
+        w = jnp.arange(1, T + 1, dtype=s.dtype)[:, None, None]
+        return (s * w).sum() + (v_T ** 2).sum() + (v_seq * 0.1).sum()
+
+    return run(x_seq, tau, v0), jax.grad(loss, (0, 1, 2))(x_seq, tau, v0)
+
+
+@pytest.mark.parametrize("types", AXIS_TYPES)
+@pytest.mark.parametrize("mesh_name", MESHES)
+def test_lif_per_shard(mesh_name, types):
+    mesh = make_mesh(mesh_name, types)
+    spec = LAYOUTS[mesh_name]
+    seq = P(None, *spec)
+    want_out, want_grads = jax.jit(lif_and_grads)(XS, TAU, V0)
+    (out, grads), found = run_sharded(lif_and_grads, mesh, (XS, TAU, V0), (seq, P(), spec))
+    for g, w in zip(out, want_out):  # spikes, v_T, v_seq
+        assert_same(g, w, "exact")
+    assert_same(grads[0], want_grads[0], "ulp")  # per element
+    assert_same(grads[2], want_grads[2], "ulp")  # per neuron
+    assert_same(grads[1], want_grads[1], "sum")  # tau: summed over devices
+    assert "all-reduce" in found
+    assert spec_of(out[0]) == spec_of(jax.device_put(XS, NamedSharding(mesh, seq)))
+
+
+@pytest.mark.parametrize("types", AXIS_TYPES)
+def test_if_per_shard_scalar_params(types):
+    mesh = make_mesh("1d", types)
+
+    def f(x_seq):
+        run = functools.partial(sn.integrate_fire, v_threshold=0.8, v_reset=None,
+                                surrogate=sg.Arctan(alpha=3.0), backend=BACKEND, config=CFG)
+        loss = lambda x_seq: sum(a.sum() for a in run(x_seq))
+        return run(x_seq), jax.grad(loss)(x_seq)
+
+    want = jax.jit(f)(XS)
+    got, _ = run_sharded(f, mesh, (XS,), (P(None, "d"),))
+    for g, w, how in zip(jax.tree.leaves(got), jax.tree.leaves(want), ("exact", "exact", "ulp")):
+        assert_same(g, w, how)
+
+
+def test_lif_jit_in_and_out_shardings():
+    mesh = make_mesh("2d", "auto")
+    seq = NamedSharding(mesh, P(None, "a", "b"))
+    cells = NamedSharding(mesh, P("a", "b"))
+    rep = NamedSharding(mesh, P())
+    # tau is per feature and features are split over "b": its gradient is asked for split
+    # the same way (asking for it replicated makes XLA all-gather those 12 numbers).
+    features = NamedSharding(mesh, P("b"))
+    jitted = jax.jit(lif_and_grads, in_shardings=(seq, rep, cells),
+                     out_shardings=((seq, cells, seq), (seq, features, cells)))
+    want_out, want_grads = jax.jit(lif_and_grads)(XS, TAU, V0)
+    out, grads = jitted(XS, TAU, V0)
+    assert_no_gathers(jitted, XS, TAU, V0)
+    for g, w in zip(out, want_out):
+        assert_same(g, w, "exact")
+    assert_same(grads[0], want_grads[0], "ulp")
+    assert_same(grads[1], want_grads[1], "sum")
+    assert_same(grads[2], want_grads[2], "ulp")
+
+
+@pytest.mark.parametrize("types", AXIS_TYPES)
+def test_lif_vmap_over_sharded_input(types):
+    mesh = make_mesh("1d", types)
+
+    def f(x_seq, tau):  # vmap over a leading "model copy" axis; tau per copy
+        return jax.vmap(lambda x, t: sn.lif(x, tau=t, backend=BACKEND, config=CFG))(x_seq, tau)
+
+    x = XS.reshape(T, 2, 8, 12).transpose(1, 0, 2, 3)  # [2, T, 8, 12]
+    tau = jnp.asarray([2.0, 3.0], jnp.float32)
+    want = jax.jit(f)(x, tau)
+    got, _ = run_sharded(f, mesh, (x, tau), (P(None, None, "d"), P()))
+    for g, w in zip(got, want):
+        assert_same(g, w, "exact")
+
+
+def test_time_sharded_x_seq_explicit_raises():
+    mesh = make_mesh("1d", "explicit")
+    x = jax.device_put(jnp.concatenate([XS, XS[:1]]), NamedSharding(mesh, P("d")))  # T = 8
+    with jax.set_mesh(mesh):
+        with pytest.raises(ValueError, match=r"x_seq: the input is sharded along dim\(s\) \[0\]"):
+            jax.jit(lambda x: sn.lif(x, backend=BACKEND, config=CFG))(x)
+        with pytest.raises(ValueError, match=r"x_seq: .*sharded along dim\(s\) \[0\]"):
+            sn.lif(x, backend="reference")  # every backend: T is a sequential loop
+
+
+def test_time_sharded_x_seq_auto_is_gathered_along_time():
+    # Documented: on Auto axes the partitioner makes x_seq whole along time (an all-gather)
+    # and the kernel still runs per shard over the other dims.
+    mesh = make_mesh("1d", "auto")
+    x = jnp.concatenate([XS, XS[:1]])  # T = 8, divisible by the mesh
+    f = jax.jit(lambda x: sn.lif(x, backend=BACKEND, config=CFG),
+                in_shardings=NamedSharding(mesh, P("d")))
+    want = jax.jit(lambda x: sn.lif(x, backend=BACKEND, config=CFG))(x)
+    for g, w in zip(f(x), want):
+        assert_same(g, w, "exact")
+    assert "all-gather" in collectives(f.lower(x).compile().as_text())
+
+
+@pytest.mark.parametrize("types", AXIS_TYPES)
+def test_reference_backend_sharded(types):
+    # The reference is plain jnp (XLA partitions it): it must accept the same layouts.
+    mesh = make_mesh("2d", types)
+
+    def f(x, thr, x_seq, tau, v0):
+        fire = lambda x, thr: (spikefuse.fire(x, thr, backend="reference") * W).sum()
+        run = lambda x_seq, tau, v0: sn.lif(x_seq, v0, tau=tau, backend="reference")
+        lif_loss = lambda *a: sum(o.sum() for o in run(*a))
+        return (spikefuse.fire(x, thr, backend="reference"), jax.grad(fire, (0, 1))(x, thr),
+                run(x_seq, tau, v0), jax.grad(lif_loss, (0, 1, 2))(x_seq, tau, v0))
+
+    args = (X, THR, XS, TAU, V0)
+    want = jax.jit(f)(*args)
+    # Not checked for gathers: that is XLA's partitioning of jnp, not a kernel of ours (with
+    # features split, it may all-gather the per-feature gradients of thr and tau).
+    got, _ = run_sharded(f, mesh, args, (P("a", "b"), P(), P(None, "a", "b"), P(), P("a", "b")),
+                         check_hlo=False)
+    (s, grads, lif_out, lif_grads), (ws, wgrads, wlif_out, wlif_grads) = got, want
+    for g, w in zip((s, *lif_out), (ws, *wlif_out)):
+        assert_same(g, w, "exact")
+    for g, w in zip((*grads, *lif_grads), (*wgrads, *wlif_grads)):  # XLA fuses BPTT per layout
+        assert_same(g, w, "sum")
+
+
+# -- inside a user's shard_map ------------------------------------------------------------------
+def _in_shard_map(body, mesh, in_specs, out_specs, check_vma):
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                                 check_vma=check_vma))
+
+
+def test_fire_and_lif_inside_user_shard_map():
+    mesh = make_mesh("1d", "auto")
+
+    def body(x, thr, alpha, w, x_seq, tau, v0):
+        s, (gx, gt) = fire_and_grads(x, thr, alpha, w)
+        (spikes, v_T, v_seq), (dx, dtau, dv0) = lif_and_grads(x_seq, tau, v0)
+        return s, gx, jax.lax.psum(gt, "d"), spikes, v_T, dx, jax.lax.psum(dtau, "d"), dv0
+
+    cells, seq = P("d"), P(None, "d")
+    mapped = _in_shard_map(body, mesh, (cells, P(), cells, cells, seq, P(), cells),
+                           (cells, cells, P(), seq, cells, seq, P(), cells), check_vma=False)
+    got = mapped(X, THR, ALPHA, W, XS, TAU, V0)
+    assert_no_gathers(mapped, X, THR, ALPHA, W, XS, TAU, V0)
+    (ws, (wgx, wgt)) = jax.jit(fire_and_grads)(X, THR, ALPHA)
+    (wsp, wv, _), (wdx, wdtau, wdv0) = jax.jit(lif_and_grads)(XS, TAU, V0)
+    for g, w, how in zip(got, (ws, wgx, wgt, wsp, wv, wdx, wdtau, wdv0),
+                         ("exact", "ulp", "sum", "exact", "exact", "ulp", "sum", "ulp")):
+        assert_same(g, w, how)
+
+
+def test_shard_map_check_vma_reference_and_interpret():
+    mesh = make_mesh("1d", "auto")
+
+    def body(backend):
+        def f(x, thr):
+            loss = lambda x, thr: spikefuse.fire(x, thr, backend=backend).sum()
+            return spikefuse.fire(x, thr, backend=backend), jax.grad(loss, 1)(x, thr)
+        return f
+
+    specs = ((P("d"), P()), (P("d"), P()))
+    # The reference (plain jnp) types its varying axes; psum-free gradient of a replicated
+    # threshold comes back summed over devices.
+    got = _in_shard_map(body("reference"), mesh, *specs, check_vma=True)(X, THR)
+    want = jax.jit(body("reference"))(X, THR)
+    assert_same(got[0], want[0], "exact")
+    assert_same(got[1], want[1], "sum")
+    # jax's Pallas interpreter cannot track varying axes: a clear error, not a deep one.
+    with pytest.raises(ValueError, match="check_vma=False"):
+        _in_shard_map(body("interpret"), mesh, *specs, check_vma=True)(X, THR)
+    with pytest.raises(ValueError, match="check_vma=False"):
+        _in_shard_map(lambda x: sn.lif(x, backend="interpret", config=CFG), mesh,
+                      (P(None, "d"),), (P(None, "d"), P("d")), check_vma=True)(XS)
+
+
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_pallas_inside_shard_map_lowers_for_cuda(check_vma):
+    mesh, context = lowering.cuda_mesh((8,), ("d",))
+
+    def body(x, thr, x_seq):
+        loss = lambda x, thr: (spikefuse.fire(x, thr, backend="pallas") * x).sum()
+        gx, gt = jax.grad(loss, (0, 1))(x, thr)
+        lif_loss = lambda x_seq: sn.lif(x_seq, backend="pallas")[0].sum()
+        return gx, jax.lax.psum(gt, "d"), jax.grad(lif_loss)(x_seq)
+
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P("d"), P(), P(None, "d")),
+                           out_specs=(P("d"), P(), P(None, "d")), check_vma=check_vma)
+    text = lowering.export_for_cuda(
+        mapped, *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (X, THR, XS)),
+        context=context)
+    assert text.count(lowering.TRITON_CALL) >= 3  # fire's gradient; lif fwd and bwd
+    assert not re.search(r"all_gather|all_to_all|collective_permute", text)
+
+
+@pytest.fixture
+def gspmd():
+    """XLA's older GSPMD partitioner instead of Shardy (the default), for this test only."""
+    jax.config.update("jax_use_shardy_partitioner", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_use_shardy_partitioner", True)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_auto_axes_under_gspmd(gspmd):
+    # custom_partitioning's GSPMD callback (infer_sharding_from_operands), not its Shardy rule.
+    test_fire_per_shard("2d", "auto")
+    test_lif_per_shard("2d", "auto")

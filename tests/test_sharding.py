@@ -1,0 +1,29 @@
+"""Launches the multi-device suite (``tests/multidevice``) on 8 simulated CPU devices.
+
+jax fixes its device count when it starts, so the suite runs in a child pytest process
+with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; this process keeps one device.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+
+
+def test_multidevice_suite_on_8_cpu_devices():
+    env = dict(os.environ, SPIKEFUSE_MULTIDEVICE="1", JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env.pop("SPIKEFUSE_BACKEND", None)  # every test there names its backend
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+         os.path.join(TESTS, "multidevice")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"multi-device suite failed:\n{out[-20000:]}"
+    passed = re.search(r"(\d+) passed", out)
+    assert passed and int(passed.group(1)) >= 20, f"too few tests ran:\n{out[-5000:]}"
+    print(out[-3000:])
+
