@@ -27,3 +27,29 @@ def test_multidevice_suite_on_8_cpu_devices():
     assert passed and int(passed.group(1)) >= 20, f"too few tests ran:\n{out[-5000:]}"
     print(out[-3000:])
 
+
+def _readme_example():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = re.search(r"<!-- scaling-example:start -->\s*```python\n(.*?)```\s*"
+                      r"<!-- scaling-example:end -->", text, re.S)
+    claim = re.search(r"It prints `(loss [^`]*)`", text)
+    assert block and claim, "README lost its scaling example or the line saying what it prints"
+    return block.group(1), claim.group(1)
+
+
+def test_readme_scaling_example_runs_as_written(tmp_path):
+    code, claim = _readme_example()
+    script = tmp_path / "scaling_example.py"
+    script.write_text(code)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", SPIKEFUSE_BACKEND="interpret",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    printed = proc.stdout.strip().splitlines()[-1]
+    first, last, gathers = re.fullmatch(
+        r"loss (\d+\.\d+) -> (\d+\.\d+); all-gathers: (\d+)", printed).groups()
+    assert float(last) < 0.5 * float(first)  # it trains
+    assert gathers == "0"
+    assert printed == claim  # and the README says what it prints
