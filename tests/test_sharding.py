@@ -33,7 +33,7 @@ def _readme_example():
         text = f.read()
     block = re.search(r"<!-- scaling-example:start -->\s*```python\n(.*?)```\s*"
                       r"<!-- scaling-example:end -->", text, re.S)
-    claim = re.search(r"It prints `(loss [^`]*)`", text)
+    claim = re.search(r"[Ii]t prints `(loss [^`]*)`", text)
     assert block and claim, "README lost its scaling example or the line saying what it prints"
     return block.group(1), claim.group(1)
 
