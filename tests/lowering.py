@@ -2,11 +2,11 @@
 
 Shared by every kernel test. jax >= 0.12 asks the Pallas Triton lowering for the target
 GPU's compute capability; with no GPU present it must come from an abstract device, so we
-lower inside ``use_abstract_mesh`` with an H200 (our GPU target). jax 0.10.2 needs nothing.
-`cuda_mesh` gives the same for a multi-device mesh (a function with a ``shard_map``).
+lower inside ``use_abstract_mesh`` with an H200 (our GPU target); jax 0.10.2 does not need it
+but accepts it, so every supported version lowers the same way. `cuda_mesh` gives the same
+for a multi-device mesh (a function with a ``shard_map``).
 """
 
-import contextlib
 import warnings
 
 import jax
@@ -22,16 +22,8 @@ def _abstract_gpu():
 
 
 def cuda_mesh(shape, names, axis_type=AxisType.Auto):
-    """``(mesh, context)``: a mesh to lower for ``cuda`` with, and the context to lower in.
-
-    jax >= 0.12: an abstract mesh of H200s, also entered as the context. jax 0.10.2 has no
-    abstract devices: this machine's (CPU) devices, and no context.
-    """
-    if not hasattr(jax.sharding, "AbstractDevice"):
-        if shape == (1,):
-            return None, contextlib.nullcontext()
-        return jax.make_mesh(shape, names, axis_types=(axis_type,) * len(shape)), \
-            contextlib.nullcontext()
+    """``(mesh, context)``: an abstract mesh of H200s to lower for ``cuda`` with (a function
+    with a ``shard_map`` names it), and the context that makes it the lowering's mesh."""
     device = jax.sharding.AbstractDevice(**_H200)
     mesh = jax.sharding.AbstractMesh(tuple(shape), tuple(names), (axis_type,) * len(shape),
                                      abstract_device=device)

@@ -35,12 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.custom_partitioning import SdyShardingRule, custom_partitioning
+from jax import shard_map as _jax_shard_map
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-try:
-    from jax import shard_map as _jax_shard_map
-except ImportError:  # pragma: no cover - jax < 0.7
-    from jax.experimental.shard_map import shard_map as _jax_shard_map
 
 __all__ = ["Placement", "check_interpret", "match_varying", "out_struct", "partitioned",
            "per_shard", "placement", "shard_mapped"]
@@ -341,11 +338,8 @@ def per_shard(fn: Callable, args: Sequence, *, leads: Sequence[int],
 
 # -- inside a user's shard_map ---------------------------------------------------------------
 def _varying(x) -> frozenset:
-    aval = jax.typeof(x)
-    mat = getattr(aval, "manual_axis_type", None)  # jax 0.10-0.12
-    if mat is not None:
-        return frozenset(mat.varying)
-    return frozenset(getattr(aval, "vma", ()))  # pragma: no cover - older jax
+    """The manual mesh axes ``x`` varies over (jax 0.10-0.12 spell it ``manual_axis_type``)."""
+    return frozenset(jax.typeof(x).manual_axis_type.varying)
 
 
 def match_varying(*args) -> list:
@@ -375,7 +369,7 @@ def check_interpret(args, interpret: bool) -> None:
 
 def out_struct(shape, dtype, like) -> jax.ShapeDtypeStruct:
     """A ``pallas_call`` out_shape varying over the same manual axes as ``like``."""
-    mat = getattr(jax.typeof(like), "manual_axis_type", None)
-    if mat is None or not mat.varying:
+    mat = jax.typeof(like).manual_axis_type
+    if not mat.varying:
         return jax.ShapeDtypeStruct(shape, dtype)
     return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=mat)
