@@ -29,7 +29,7 @@ import spikefuse
 from spikefuse import neurons as sn
 from spikefuse import surrogate as sf
 from spikefuse.kernels import dispatch, elementwise, scan
-from spikefuse.neurons import multistep
+from spikefuse.neurons import engine, fused
 from spikefuse.surrogate import _spike
 from spikefuse.surrogate.registry import SHAPES
 
@@ -60,7 +60,7 @@ def no_launch():
                           (_spike.spike_p, "bind"), (_spike.spike_grad_p, "bind"),
                           (_spike.spike_partitioned_p, "bind"),
                           (_spike.spike_grad_partitioned_p, "bind"),
-                          (multistep, "_run_fused"), (multistep, "_run_reference")]:
+                          (fused, "forward"), (engine, "run_reference")]:
             mp.setattr(obj, name, boom)
         yield
 
@@ -374,7 +374,7 @@ def test_pallas_on_cpu_raises_backend_unavailable_not_a_fallback():
 
 
 # -- regressions: gaps this suite found, fixed in spikefuse/_checks.py, surrogate/_base.py
-# (grad_fn validates every parameter) and neurons/multistep.py (_check_positive) ----------
+# (grad_fn validates every parameter) and neurons/builtin.py (_check_positive) ----------
 X = np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2)
 
 

@@ -18,7 +18,7 @@ import spikefuse
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
 from spikefuse.kernels import scan
-from spikefuse.neurons import multistep, reference
+from spikefuse.neurons import engine, fused, reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -363,7 +363,7 @@ def no_compute(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a kernel or scan ran before validation")
 
-    for mod, name in [(multistep, "_run_fused"), (multistep, "_run_reference"),
+    for mod, name in [(fused, "forward"), (engine, "run_reference"),
                       (scan, "scan_forward"), (scan, "scan_backward")]:
         monkeypatch.setattr(mod, name, boom)
 
@@ -479,9 +479,8 @@ def test_fused_under_vmap_and_new_values_do_not_recompile():
 
 def test_auto_backend_is_reference_on_cpu(monkeypatch):
     calls = []
-    real = multistep._run_reference
-    monkeypatch.setattr(multistep, "_run_reference",
-                        lambda *a: calls.append(1) or real(*a))
+    real = engine.run_reference
+    monkeypatch.setattr(engine, "run_reference", lambda *a: calls.append(1) or real(*a))
     sn.integrate_fire(jnp.ones((2, 3)))
     assert calls == [1]
 

@@ -1,14 +1,16 @@
 """Multi-step scan kernels: a neuron's forward and BPTT backward, one Pallas kernel each.
 
-Generic over a *step* and a *grad function*; nothing here knows about neurons or surrogates:
+Generic over a *step*; nothing here knows about neurons, pytrees or surrogates:
 
-* ``step(v, x, params, fire) -> (s, v_new)``: one time step of one state variable,
-  elementwise jnp code (e.g. ``spikefuse.neurons.dynamics.Step``). ``fire(h, thr)`` is
-  supplied by the kernel: H(h - thr) with derivative ``grad_fn(h - thr, *gparams)`` w.r.t. h
-  (and its negation w.r.t. thr, 0 w.r.t. gparams).
-* ``grad_fn(u, *gparams)``: the surrogate derivative g', a static hashable function.
-The backward kernel differentiates ``step`` with ``jax.vjp`` inside the kernel body, so a
-new neuron needs no hand-written gradient.
+* ``step(state, xs, params) -> (outs, new_state)``: one time step of elementwise jnp code,
+  over flat tuples of ``[block]`` rows in the compute dtype: ``state`` (m leaves), ``xs``
+  (the p inputs of the step), ``params`` (per-neuron or broadcast scalars); ``outs`` are the
+  per-step outputs (the spike, and on request the new state). A step is a static, hashable
+  callable; ``spikefuse.neurons`` builds it from a user's pytree step and a surrogate (the
+  Heaviside spike with its surrogate derivative is a ``custom_jvp`` inside the step).
+The backward kernel differentiates ``step`` with ``jax.vjp`` inside the kernel body, so a new
+neuron needs no hand-written gradient; forward mode runs `scan_forward` on the step's
+``jax.jvp`` (state and tangent state carried together).
 
 Data layout
 -----------
@@ -18,8 +20,9 @@ free reshape of ``[T, *shape]``), per-neuron arrays are ``[N]``. Program i of th
 loop itself, with the state in f32 registers (the compute dtype: f32 for bf16/f16/f32, f64
 for f64). Refs are ``(T, block)`` / ``(rows, block)`` / ``(block,)`` blocks; a row is one
 masked 1-D load or store (the neuron tail is ragged; Triton does not mask plain ref
-accesses, interpret mode pads with NaN). Scalar parameters travel as ``[1]`` arrays, so a
-new value is a new operand, never a recompilation; per-neuron parameters as ``[N]``.
+accesses, interpret mode pads with NaN). Scalar parameters (and scalar initial states)
+travel as ``[1]`` arrays, so a new value is a new operand, never a recompilation;
+per-neuron ones as ``[N]``.
 
 Time is processed in chunks of K = ``config.chunk`` steps: a statically unrolled loop issues
 the chunk's K row loads, then runs the K dependent steps in registers, inside a
@@ -30,39 +33,43 @@ loads before computing chunk c (for few, long-running programs: small N, long T)
 
 Saved for the backward
 ----------------------
-Nothing per step beyond the outputs. The forward writes the spikes (x's dtype) and, for the
-backward, the membrane at each chunk boundary: ``ck[c] = v`` at the start of chunk c + 1,
-``[ceil(T/K) - 1, N]`` in the compute dtype (chunk 0 starts at v0). The backward walks the
-chunks in reverse; for each it re-reads the K rows of x, recomputes the chunk's states from
-its checkpoint in registers, then runs the steps backwards calling ``jax.vjp`` of the step,
-which re-evaluates g' from the recomputed h: no h, no surrogate coefficient and no spike is
-read back. Per-step parameter gradients (threshold, time constant, ...) are summed over time
-in registers and written once per neuron (``[N]``, reduced over neurons by the caller), and
-only for the parameters the caller asks for.
+Nothing per step beyond the outputs. The forward writes the per-step outputs and, for the
+backward, every state leaf at each chunk boundary: ``ck[c] = state`` at the start of chunk
+c + 1, m arrays ``[ceil(T/K) - 1, N]`` in the compute dtype (chunk 0 starts at the initial
+state). The backward walks the chunks in reverse; for each it re-reads the K rows of the
+inputs, recomputes the chunk's states from its checkpoint in registers, then runs the steps
+backwards calling ``jax.vjp`` of the step, which re-evaluates g' from the recomputed values:
+no pre-activation, no surrogate coefficient and no spike is read back. Per-step parameter
+gradients are summed over time in registers and written once per neuron (``[N]``, reduced
+over neurons by the caller), and only for the parameters the caller asks for.
 
-Bytes per neuron-step (b = x itemsize, c = 4 for an f32 state, K = chunk):
+Bytes per neuron-step (b = input/output itemsize, c = 4 for f32 state, K = chunk, m state
+leaves, one input and one output per step):
     forward  (primal)        read x b, write s b                          = 2b
-    forward  (for backward)  + write checkpoints                          = 2b + c/K
-    backward                 read x b, read ds b, read ck c/K, write dx b = 3b + c/K
-    fwd+bwd, K = 32:  f32 8.125 + 12.125 = 20.25 B;  bf16 4.125 + 6.125 = 10.25 B
-(at most c/K: with T a multiple of K there are T/K - 1 checkpoints; none when T <= K), plus
-per-neuron terms divided by T: v_T written (b), dv_T read (b); v0 read (c) and dv0 written
-(c) only when v0 is per-neuron / differentiated (a scalar v0 is one [1] value); c for each
-parameter gradient asked for. ``return_v_seq`` adds b to the forward and b (its
-cotangent) to the backward. The residual the backward keeps is the checkpoints, c/K bytes
-per neuron-step (x and the spikes' cotangent are inputs anyway).
+    forward  (for backward)  + write checkpoints                          = 2b + m·c/K
+    backward                 read x b, read ds b, read ck m·c/K, write dx b = 3b + m·c/K
+    fwd+bwd, m = 1, K = 32:  f32 8.125 + 12.125 = 20.25 B;  bf16 4.125 + 6.125 = 10.25 B
+(at most m·c/K: with T a multiple of K there are T/K - 1 checkpoints; none when T <= K);
+each further input adds b to the forward and 2b to the backward, each further per-step
+output (the state sequence on request) b to the forward and b (its cotangent) to the
+backward. Per-neuron terms are divided by T: final states written, their cotangents read,
+initial states read and their gradients written (only when per-neuron / differentiated),
+one c per parameter gradient asked for. The residual the backward keeps is the
+checkpoints, m·c/K bytes per neuron-step (the inputs and the outputs' cotangents exist
+anyway).
 
 Exactness: the backward's recomputation runs the same step on the same f32 values as the
-forward, so it reproduces h and s (up to the compiler contracting the same multiply-add
-pairs differently in the two kernels, which could only flip a spike whose h lies within one
-ulp of the threshold). Indices are int32: T * N + block must stay below 2**31.
+forward, so it reproduces every state and spike (up to the compiler contracting the same
+multiply-add pairs differently in the two kernels, which could only flip a spike whose
+pre-activation lies within one ulp of the threshold). Indices are int32: T * N + block must
+stay below 2**31.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -121,7 +128,8 @@ class ScanConfig:
 def default_config(T: int, N: int, dtype) -> ScanConfig:
     """The heuristic configuration for ``T`` steps of ``N`` neurons with inputs of ``dtype``.
 
-    Tuned on an H200 (jax 0.11.2; bench/RESULTS.md has the sweeps):
+    Tuned on an H200 (jax 0.11.2; bench/RESULTS.md has the sweeps) for one state leaf (LIF);
+    neurons with more state leaves use the same configuration (not tuned separately):
 
     * Neurons per program: the largest block up to 128 that still launches
       ``_TARGET_PROGRAMS`` programs, one neuron per thread (N = 4096 -> 128 programs of 32;
@@ -151,28 +159,15 @@ def default_config(T: int, N: int, dtype) -> ScanConfig:
 
 
 def num_checkpoints(T: int, chunk: int) -> int:
-    """Rows of the checkpoint array: one per chunk boundary, ceil(T / K) - 1."""
+    """Rows of each checkpoint array: one per chunk boundary, ceil(T / K) - 1."""
     return -(-T // chunk) - 1
 
 
-def residual_bytes_per_step(T: int, chunk: int, state_itemsize: int = 4) -> float:
-    """Bytes per neuron-step the backward keeps beyond inputs and outputs (checkpoints)."""
-    return num_checkpoints(T, chunk) * state_itemsize / T
-
-
-def _heaviside_ct(grad_fn):
-    """H(h - thr) with dH/dh = g'(h - thr), dH/dthr = -g', dH/dgparams = 0 (kernel-local)."""
-
-    @jax.custom_jvp
-    def spike(u, gparams):
-        return (u >= 0).astype(u.dtype)
-
-    @spike.defjvp
-    def _(primals, tangents):
-        u, gparams = primals
-        return spike(u, gparams), grad_fn(u, *gparams).astype(u.dtype) * tangents[0]
-
-    return spike
+def residual_bytes_per_step(T: int, chunk: int, state_itemsize: int = 4,
+                            n_state: int = 1) -> float:
+    """Bytes per neuron-step the backward keeps beyond inputs and outputs (checkpoints of
+    ``n_state`` state leaves)."""
+    return n_state * num_checkpoints(T, chunk) * state_itemsize / T
 
 
 def check_size(T: int, N: int, config: ScanConfig) -> None:
@@ -184,14 +179,24 @@ def check_size(T: int, N: int, config: ScanConfig) -> None:
             "backend='reference' for larger inputs)")
 
 
-def _check_operands(x, v0, params, gparams, config):
-    T, N = x.shape
+def _check_operands(xs, init, params, config):
+    if not xs or not init:
+        raise ValueError("the scan kernels need at least one input and one state leaf")
+    T, N = xs[0].shape
     check_size(T, N, config)
-    if v0.shape not in ((1,), (N,)):
-        raise ValueError(f"v0 must have shape (1,) or ({N},), got {v0.shape}")
-    for i, p in enumerate((*params, *gparams)):
-        if p.ndim != 1 or p.shape[0] not in (1, N):
-            raise ValueError(f"parameter {i} must have shape (1,) or ({N},), got {p.shape}")
+    for i, x in enumerate(xs):
+        if x.shape != (T, N):
+            raise ValueError(f"input {i} must have shape ({T}, {N}), got {x.shape}")
+    cdt = init[0].dtype
+    for what, vecs in (("state", init), ("parameter", params)):
+        for i, p in enumerate(vecs):
+            if p.ndim != 1 or p.shape[0] not in (1, N):
+                raise ValueError(f"{what} {i} must have shape (1,) or ({N},), got {p.shape}")
+    for i, v in enumerate(init):
+        if v.dtype != cdt:
+            raise ValueError(f"state {i} has dtype {v.dtype}; every state leaf must have "
+                             f"the compute dtype {cdt}")
+    return T, N, cdt
 
 
 def _compiler_params(config, interpret):
@@ -200,16 +205,20 @@ def _compiler_params(config, interpret):
     return plt.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
 
 
-def _param_spec(p, block):
+def _vec_spec(p, block):
     if p.shape[0] == 1:
         return pl.BlockSpec((1,), lambda i: (0,))
     return pl.BlockSpec((block,), lambda i: (i,))
 
 
-def _param_kinds(ps):
+def _rows_spec(rows, block):
+    return pl.BlockSpec((rows, block), lambda i: (0, i))
+
+
+def _kinds(vecs) -> tuple[bool, ...]:
     # True: a [1] scalar broadcast to the block; False: a per-neuron [N] array. (With N = 1
-    # both mean the same; the scalar path is taken, matching `_param_spec`.)
-    return tuple(p.shape[0] == 1 for p in ps)
+    # both mean the same; the scalar path is taken, matching `_vec_spec`.)
+    return tuple(p.shape[0] == 1 for p in vecs)
 
 
 class _Rows:
@@ -219,6 +228,7 @@ class _Rows:
         self.block, self.cdt = block, cdt
         idx = pl.program_id(0) * block + jnp.arange(block, dtype=jnp.int32)
         self.mask = idx < n
+        self.zero = jnp.zeros((block,), cdt)
 
     def _at(self, ref, t, valid):
         mask = self.mask if valid is None else jnp.logical_and(self.mask, valid)
@@ -228,6 +238,8 @@ class _Rows:
         return ref.at[jnp.asarray(t, jnp.int32), pl.ds(0, self.block)], mask
 
     def load(self, ref, t=None, valid=None):
+        if ref is None:  # an absent operand (a zero cotangent)
+            return self.zero
         at, mask = self._at(ref, t, valid)
         return plt.load(at, mask=mask, other=0).astype(self.cdt)
 
@@ -235,299 +247,282 @@ class _Rows:
         at, mask = self._at(ref, t, valid)
         plt.store(at, value.astype(ref.dtype), mask=mask)
 
-    def param(self, ref, scalar):
+    def vec(self, ref, scalar):
         if scalar:
             return jnp.full((self.block,), ref[0], self.cdt)
         return self.load(ref)
 
 
-# -- forward ------------------------------------------------------------------------------
-def scan_forward(step: Callable, grad_fn: Callable, x, v0, params: tuple, gparams: tuple, *,
-                 config: ScanConfig, interpret: bool, save_checkpoints: bool,
-                 save_v_seq: bool = False):
-    """Runs ``step`` over T for N neurons in one kernel.
+def _take(it, n):
+    return tuple(next(it) for _ in range(n))
 
-    Args:
-      step: ``step(v, x, params, fire) -> (s, v_new)``, static.
-      grad_fn: ``grad_fn(u, *gparams)`` = g'(u), static. The forward computes no
-        derivative; ``grad_fn`` and ``gparams`` are accepted so both kernels take the same
-        arguments, and are not passed to the forward kernel.
-      x: ``[T, N]`` float inputs.
-      v0: initial state in the compute dtype, ``[N]``, or ``[1]`` for one value for all.
-      params: step parameters, each ``[1]`` or ``[N]``, in the compute dtype.
-      gparams: surrogate parameters, each ``[1]`` or ``[N]``, in the compute dtype.
-      config: launch configuration (e.g. `default_config`).
-      interpret: run in Pallas interpret mode.
-      save_checkpoints: also return the chunk-boundary states for `scan_backward`.
-      save_v_seq: also return the membrane after each step, ``[T, N]`` in x's dtype.
 
-    Returns:
-      ``(s [T, N] x.dtype, v_T [N] x.dtype, ck [n_ck, N] compute dtype or None,
-      v_seq [T, N] or None)``.
-    """
-    T, N = x.shape
-    _check_operands(x, v0, params, gparams, config)
-    cdt = v0.dtype
-    K, block = config.chunk, config.block
-    n_ck = num_checkpoints(T, K) if save_checkpoints else 0
-    kernel = functools.partial(
-        _forward_kernel, step=step, n=N, T=T, K=K, block=block, cdt=cdt, n_ck=n_ck,
-        v0_scalar=v0.shape[0] == 1, kinds=_param_kinds(params), save_v_seq=save_v_seq,
-        prefetch=config.prefetch)
-    seq_spec = pl.BlockSpec((T, block), lambda i: (0, i))
-    vec_spec = pl.BlockSpec((block,), lambda i: (i,))
-    check_interpret((x, v0, *params), interpret)
-    x, v0, *params = match_varying(x, v0, *params)  # inside a shard_map: one varying set
-    out_shape = [out_struct((T, N), x.dtype, x), out_struct((N,), x.dtype, x)]
-    out_specs = [seq_spec, vec_spec]
-    if n_ck:
-        out_shape.append(out_struct((n_ck, N), cdt, x))
-        out_specs.append(pl.BlockSpec((n_ck, block), lambda i: (0, i)))
-    if save_v_seq:
-        out_shape.append(out_struct((T, N), x.dtype, x))
-        out_specs.append(seq_spec)
+def _pallas(kernel, operands, in_specs, out_shape, out_specs, N, config, interpret, name):
     with silence_triton_deprecation():
-        outs = pl.pallas_call(
+        return pl.pallas_call(
             kernel,
             out_shape=out_shape,
-            grid=(pl.cdiv(N, block),),
-            in_specs=[seq_spec, *(_param_spec(p, block) for p in (v0, *params))],
-            out_specs=out_specs,
-            compiler_params=_compiler_params(config, interpret),
-            interpret=interpret,
-            name="spikefuse_scan_fwd",
-        )(x, v0, *params)
-    s, v_T, *rest = outs
-    ck = rest.pop(0) if n_ck else None
-    v_seq = rest.pop(0) if save_v_seq else None
-    return s, v_T, ck, v_seq
-
-
-def _forward_kernel(*refs, step, n, T, K, block, cdt, n_ck, v0_scalar, kinds, save_v_seq,
-                    prefetch):
-    it = iter(refs)
-    x_ref = next(it)  # [T, block]
-    v0_ref = next(it)  # [block] or [1]
-    p_refs = [next(it) for _ in kinds]  # [1] or [block] each
-    s_ref = next(it)  # [T, block]
-    vT_ref = next(it)  # [block]
-    ck_ref = next(it) if n_ck else None  # [n_ck, block]
-    vs_ref = next(it) if save_v_seq else None  # [T, block]
-
-    rows = _Rows(block, n, cdt)
-    params = tuple(rows.param(r, k) for r, k in zip(p_refs, kinds))
-
-    def fire(h, thr):  # the same comparison as the reference spike
-        return (h - thr >= 0).astype(cdt)
-
-    n_full, rem = divmod(T, K)
-
-    def load_chunk(t0, steps, valid=None):
-        # Clamped rows keep even masked-off (prefetch past the end) addresses in bounds.
-        return [rows.load(x_ref, jnp.minimum(t0 + k, T - 1) if valid is not None else t0 + k,
-                          valid) for k in range(steps)]
-
-    def run_chunk(t0, v, xs):
-        for k, x in enumerate(xs):
-            s, v = step(v, x, params, fire)
-            rows.store(s_ref, s, t0 + k)
-            if vs_ref is not None:
-                rows.store(vs_ref, v, t0 + k)
-        return v
-
-    v = rows.param(v0_ref, v0_scalar)
-    if n_full:
-        def body(c, carry):
-            v, *xs = carry
-            t0 = c * K
-            if prefetch:
-                nxt = load_chunk(t0 + K, K, valid=c + 1 < n_full)
-            else:
-                xs, nxt = load_chunk(t0, K), []
-            v = run_chunk(t0, v, xs)
-            if ck_ref is not None:  # the state at the start of chunk c + 1
-                rows.store(ck_ref, v, jnp.minimum(c, n_ck - 1), valid=c < n_ck)
-            return (v, *nxt)
-
-        init = (v, *load_chunk(0, K)) if prefetch else (v,)
-        v = jax.lax.fori_loop(0, n_full, body, init)[0]
-    if rem:
-        v = run_chunk(n_full * K, v, load_chunk(n_full * K, rem))
-    rows.store(vT_ref, v)
-
-
-# -- backward -----------------------------------------------------------------------------
-def scan_backward(step: Callable, grad_fn: Callable, x, v0, ck, params: tuple,
-                  gparams: tuple, ds, dv_T, dv_seq, *, config: ScanConfig, interpret: bool,
-                  param_grads: tuple[bool, ...], v0_grad: bool = True):
-    """BPTT through `scan_forward`'s computation, in one kernel.
-
-    Args:
-      step, grad_fn, x, v0, params, gparams, config, interpret: as given to `scan_forward`.
-      ck: the checkpoints it returned (None when there are none, T <= K).
-      ds: cotangent of the spikes ``[T, N]`` (x's dtype) or None for zero.
-      dv_T: cotangent of v_T ``[N]`` or None for zero.
-      dv_seq: cotangent of the membrane sequence ``[T, N]`` or None.
-      param_grads: one flag per entry of ``params``: compute its gradient.
-      v0_grad: compute the gradient to v0.
-
-    Returns:
-      ``(dx [T, N] x.dtype, dv0, dparams)``: ``dv0`` is ``[N]`` in the compute dtype (None
-      unless ``v0_grad``); ``dparams`` holds, for each flagged parameter, the per-neuron
-      gradient summed over time, ``[N]``, and None for the others. The caller reduces
-      ``[N]`` gradients of ``[1]`` operands (v0 included) to their shape.
-    """
-    T, N = x.shape
-    _check_operands(x, v0, params, gparams, config)
-    cdt = v0.dtype
-    K, block = config.chunk, config.block
-    n_ck = num_checkpoints(T, K)
-    if n_ck and (ck is None or ck.shape != (n_ck, N)):
-        raise ValueError(f"ck must have shape ({n_ck}, {N}) for chunk {K}")
-    want = tuple(i for i, w in enumerate(param_grads) if w)
-    kernel = functools.partial(
-        _backward_kernel, step=step, grad_fn=grad_fn, n=N, T=T, K=K, block=block, cdt=cdt,
-        n_ck=n_ck, v0_scalar=v0.shape[0] == 1, kinds=_param_kinds(params),
-        gkinds=_param_kinds(gparams), has_ds=ds is not None, has_dvT=dv_T is not None,
-        has_dvs=dv_seq is not None, want=want, v0_grad=v0_grad, prefetch=config.prefetch)
-    seq_spec = pl.BlockSpec((T, block), lambda i: (0, i))
-    vec_spec = pl.BlockSpec((block,), lambda i: (i,))
-    operands, in_specs = [x, v0], [seq_spec, _param_spec(v0, block)]
-    if n_ck:
-        operands.append(ck)
-        in_specs.append(pl.BlockSpec((n_ck, block), lambda i: (0, i)))
-    operands += [*params, *gparams]
-    in_specs += [_param_spec(p, block) for p in (*params, *gparams)]
-    for a, spec in ((ds, seq_spec), (dv_T, vec_spec), (dv_seq, seq_spec)):
-        if a is not None:
-            operands.append(a)
-            in_specs.append(spec)
-    n_vec = len(want) + bool(v0_grad)  # dv0 (optional), then the parameter gradients
-    check_interpret(operands, interpret)
-    operands = match_varying(*operands)  # inside a shard_map: one set of varying axes
-    out_shape = [out_struct((T, N), x.dtype, operands[0])]
-    out_shape += [out_struct((N,), cdt, operands[0]) for _ in range(n_vec)]
-    out_specs = [seq_spec] + [vec_spec for _ in range(n_vec)]
-    with silence_triton_deprecation():
-        dx, *vecs = pl.pallas_call(
-            kernel,
-            out_shape=out_shape,
-            grid=(pl.cdiv(N, block),),
+            grid=(pl.cdiv(N, config.block),),
             in_specs=in_specs,
             out_specs=out_specs,
             compiler_params=_compiler_params(config, interpret),
             interpret=interpret,
-            name="spikefuse_scan_bwd",
+            name=name,
         )(*operands)
-    dv0 = vecs.pop(0) if v0_grad else None
-    dparams = [None] * len(params)
-    for i, g in zip(want, vecs):
-        dparams[i] = g
-    return dx, dv0, tuple(dparams)
 
 
-def _backward_kernel(*refs, step, grad_fn, n, T, K, block, cdt, n_ck, v0_scalar, kinds,
-                     gkinds, has_ds, has_dvT, has_dvs, want, v0_grad, prefetch):
+# -- forward ------------------------------------------------------------------------------
+def scan_forward(step: Callable, xs: Sequence, init: Sequence, params: Sequence, *,
+                 out_dtypes: Sequence, final_dtypes: Sequence, config: ScanConfig,
+                 interpret: bool, save_checkpoints: bool):
+    """Runs ``step`` over T for N neurons in one kernel.
+
+    Args:
+      step: ``step(state, xs, params) -> (outs, new_state)`` on flat tuples, static.
+      xs: the p inputs, each ``[T, N]`` (any float dtype; converted to the compute dtype).
+      init: the m initial state leaves, each ``[N]`` or ``[1]`` (one value for all), in the
+        compute dtype (which every state leaf keeps).
+      params: step parameters, each ``[1]`` or ``[N]``.
+      out_dtypes: dtype of each per-step output of ``step`` (stored as ``[T, N]``).
+      final_dtypes: dtype of each final state leaf (stored as ``[N]``).
+      config: launch configuration (e.g. `default_config`).
+      interpret: run in Pallas interpret mode.
+      save_checkpoints: also return the chunk-boundary states for `scan_backward`.
+
+    Returns:
+      ``(outs, finals, cks)``: tuples of ``[T, N]`` per-step outputs, ``[N]`` final states
+      and (when ``save_checkpoints``) ``[n_ck, N]`` checkpoints per state leaf in the
+      compute dtype, else ``()``.
+    """
+    xs, init, params = tuple(xs), tuple(init), tuple(params)
+    T, N, cdt = _check_operands(xs, init, params, config)
+    K, block, m = config.chunk, config.block, len(init)
+    if len(final_dtypes) != m:
+        raise ValueError(f"final_dtypes must give one dtype per state leaf ({m})")
+    n_ck = num_checkpoints(T, K) if save_checkpoints else 0
+    kernel = functools.partial(
+        _forward_kernel, step=step, n=N, T=T, K=K, block=block, cdt=cdt, n_x=len(xs),
+        init_kinds=_kinds(init), kinds=_kinds(params), n_out=len(out_dtypes), n_ck=n_ck,
+        prefetch=config.prefetch)
+    check_interpret((*xs, *init, *params), interpret)
+    operands = match_varying(*xs, *init, *params)  # inside a shard_map: one varying set
+    like = operands[0]
+    out_shape = [out_struct((T, N), dt, like) for dt in out_dtypes]
+    out_shape += [out_struct((N,), dt, like) for dt in final_dtypes]
+    out_specs = [_rows_spec(T, block)] * len(out_dtypes)
+    out_specs += [pl.BlockSpec((block,), lambda i: (i,))] * len(final_dtypes)
+    if n_ck:
+        out_shape += [out_struct((n_ck, N), cdt, like) for _ in range(m)]
+        out_specs += [_rows_spec(n_ck, block)] * m
+    in_specs = [_rows_spec(T, block)] * len(xs) + [_vec_spec(p, block) for p in (*init, *params)]
+    res = _pallas(kernel, operands, in_specs, out_shape, out_specs, N, config, interpret,
+                  "spikefuse_scan_fwd")
+    n_out, n_fin = len(out_dtypes), len(final_dtypes)
+    return tuple(res[:n_out]), tuple(res[n_out:n_out + n_fin]), tuple(res[n_out + n_fin:])
+
+
+def _forward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n_out, n_ck,
+                    prefetch):
     it = iter(refs)
-    x_ref = next(it)  # [T, block]
-    v0_ref = next(it)  # [block] or [1]
-    ck_ref = next(it) if n_ck else None  # [n_ck, block]
-    p_refs = [next(it) for _ in kinds]  # [1] or [block] each
-    g_refs = [next(it) for _ in gkinds]  # [1] or [block] each
-    ds_ref = next(it) if has_ds else None  # [T, block]
-    dvT_ref = next(it) if has_dvT else None  # [block]
-    dvs_ref = next(it) if has_dvs else None  # [T, block]
-    dx_ref = next(it)  # [T, block]
-    dv0_ref = next(it) if v0_grad else None  # [block]
-    dp_refs = [next(it) for _ in want]  # [block] each
+    x_refs = _take(it, n_x)  # [T, block] each
+    init_refs = _take(it, len(init_kinds))  # [1] or [block] each
+    p_refs = _take(it, len(kinds))  # [1] or [block] each
+    out_refs = _take(it, n_out)  # [T, block] each
+    fin_refs = _take(it, len(init_kinds))  # [block] each
+    ck_refs = tuple(it)  # [n_ck, block] each, when checkpoints are saved
 
     rows = _Rows(block, n, cdt)
-    params = tuple(rows.param(r, k) for r, k in zip(p_refs, kinds))
-    gparams = tuple(rows.param(r, k) for r, k in zip(g_refs, gkinds))
-    spike = _heaviside_ct(grad_fn)
+    params = tuple(rows.vec(r, k) for r, k in zip(p_refs, kinds))
+    n_full, rem = divmod(T, K)
 
-    def fire(h, thr):
-        return spike(h - thr, gparams)
+    def load_chunk(t0, steps, valid=None):
+        # Clamped rows keep even masked-off (prefetch past the end) addresses in bounds.
+        def t(k):
+            return jnp.minimum(t0 + k, T - 1) if valid is not None else t0 + k
 
-    def fire_primal(h, thr):  # the recomputation needs no derivative
-        return (h - thr >= 0).astype(cdt)
+        return tuple(tuple(rows.load(r, t(k), valid) for r in x_refs) for k in range(steps))
 
-    zero = jnp.zeros((block,), cdt)
+    def run_chunk(t0, state, xs):
+        for k, x in enumerate(xs):
+            outs, state = step(state, x, params)
+            for ref, o in zip(out_refs, outs):
+                rows.store(ref, o, t0 + k)
+        return tuple(state)
+
+    state = tuple(rows.vec(r, k) for r, k in zip(init_refs, init_kinds))
+    if n_full:
+        def body(c, carry):
+            state, nxt = carry
+            t0 = c * K
+            if prefetch:
+                xs, nxt = nxt, load_chunk(t0 + K, K, valid=c + 1 < n_full)
+            else:
+                xs = load_chunk(t0, K)
+            state = run_chunk(t0, state, xs)
+            for ref, v in zip(ck_refs, state):  # the state at the start of chunk c + 1
+                rows.store(ref, v, jnp.minimum(c, n_ck - 1), valid=c < n_ck)
+            return state, nxt
+
+        state = jax.lax.fori_loop(0, n_full, body,
+                                  (state, load_chunk(0, K) if prefetch else ()))[0]
+    if rem:
+        state = run_chunk(n_full * K, state, load_chunk(n_full * K, rem))
+    for ref, v in zip(fin_refs, state):
+        rows.store(ref, v)
+
+
+# -- backward -----------------------------------------------------------------------------
+def scan_backward(step: Callable, xs: Sequence, init: Sequence, cks: Sequence,
+                  params: Sequence, d_outs: Sequence, d_finals: Sequence, *,
+                  config: ScanConfig, interpret: bool, want_x: Sequence[bool],
+                  want_init: Sequence[bool], want_params: Sequence[bool]):
+    """BPTT through `scan_forward`'s computation, in one kernel.
+
+    Args:
+      step, xs, init, params, config, interpret: as given to `scan_forward`.
+      cks: the checkpoints it returned (``()`` when there are none, T <= K).
+      d_outs: per per-step output of ``step``, its cotangent ``[T, N]`` or None for zero.
+      d_finals: per state leaf, the cotangent of its final value ``[N]`` or None for zero.
+      want_x, want_init, want_params: which gradients to compute, one flag per input,
+        state leaf and parameter.
+
+    Returns:
+      ``(dxs, dinit, dparams)``, tuples with None for what was not asked for: ``dxs[i]`` is
+      ``[T, N]`` in input i's dtype; ``dinit`` and ``dparams`` hold per-neuron gradients
+      ``[N]`` in the compute dtype (parameters' summed over time). The caller reduces
+      ``[N]`` gradients of ``[1]`` operands to their shape.
+    """
+    xs, init, cks, params = tuple(xs), tuple(init), tuple(cks), tuple(params)
+    d_outs, d_finals = tuple(d_outs), tuple(d_finals)
+    T, N, cdt = _check_operands(xs, init, params, config)
+    K, block, m = config.chunk, config.block, len(init)
+    n_ck = num_checkpoints(T, K)
+    if len(cks) != (m if n_ck else 0) or any(c.shape != (n_ck, N) for c in cks):
+        raise ValueError(f"cks must hold {m} arrays of shape ({n_ck}, {N}) for chunk {K}")
+    if len(d_finals) != m or len(want_init) != m or len(want_x) != len(xs) \
+            or len(want_params) != len(params):
+        raise ValueError("one cotangent per state leaf and one flag per input, state leaf "
+                         "and parameter are needed")
+    kernel = functools.partial(
+        _backward_kernel, step=step, n=N, T=T, K=K, block=block, cdt=cdt, n_x=len(xs),
+        init_kinds=_kinds(init), kinds=_kinds(params), n_ck=n_ck,
+        has_dout=tuple(d is not None for d in d_outs),
+        has_dfin=tuple(d is not None for d in d_finals), want_x=tuple(map(bool, want_x)),
+        want_init=tuple(map(bool, want_init)), want_params=tuple(map(bool, want_params)),
+        prefetch=config.prefetch)
+    present_outs = [d for d in d_outs if d is not None]
+    present_fins = [d for d in d_finals if d is not None]
+    operands = [*xs, *init, *cks, *params, *present_outs, *present_fins]
+    in_specs = ([_rows_spec(T, block)] * len(xs) + [_vec_spec(v, block) for v in init]
+                + [_rows_spec(n_ck, block)] * len(cks) + [_vec_spec(p, block) for p in params]
+                + [_rows_spec(T, block)] * len(present_outs)
+                + [pl.BlockSpec((block,), lambda i: (i,))] * len(present_fins))
+    check_interpret(operands, interpret)
+    operands = match_varying(*operands)  # inside a shard_map: one set of varying axes
+    like = operands[0]
+    x_out = [i for i, w in enumerate(want_x) if w]
+    n_vec = sum(map(bool, want_init)) + sum(map(bool, want_params))
+    out_shape = [out_struct((T, N), xs[i].dtype, like) for i in x_out]
+    out_shape += [out_struct((N,), cdt, like) for _ in range(n_vec)]
+    out_specs = ([_rows_spec(T, block)] * len(x_out)
+                 + [pl.BlockSpec((block,), lambda i: (i,))] * n_vec)
+    res = iter(_pallas(kernel, operands, in_specs, out_shape, out_specs, N, config,
+                       interpret, "spikefuse_scan_bwd"))
+    dxs = tuple(next(res) if w else None for w in want_x)
+    dinit = tuple(next(res) if w else None for w in want_init)
+    dparams = tuple(next(res) if w else None for w in want_params)
+    return dxs, dinit, dparams
+
+
+def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n_ck,
+                     has_dout, has_dfin, want_x, want_init, want_params, prefetch):
+    m = len(init_kinds)
+    it = iter(refs)
+    x_refs = _take(it, n_x)  # [T, block] each
+    init_refs = _take(it, m)  # [1] or [block] each
+    ck_refs = _take(it, m if n_ck else 0)  # [n_ck, block] each
+    p_refs = _take(it, len(kinds))  # [1] or [block] each
+    dout_refs = tuple(next(it) if h else None for h in has_dout)  # [T, block] or absent
+    dfin_refs = tuple(next(it) if h else None for h in has_dfin)  # [block] or absent
+    dx_refs = tuple(next(it) if w else None for w in want_x)  # [T, block] each
+    dinit_refs = tuple(next(it) if w else None for w in want_init)  # [block] each
+    dp_refs = tuple(next(it) if w else None for w in want_params)  # [block] each
+
+    rows = _Rows(block, n, cdt)
+    params = tuple(rows.vec(r, k) for r, k in zip(p_refs, kinds))
+    init = tuple(rows.vec(r, k) for r, k in zip(init_refs, init_kinds))
+    wx = tuple(i for i, w in enumerate(want_x) if w)
+    wp = tuple(i for i, w in enumerate(want_params) if w)
     n_full, rem = divmod(T, K)
 
     def load_chunk(c, t0, steps, valid=None):
-        """x, ds, dv_seq rows of a chunk and the state at its start (chunk index c)."""
-        def row(ref, k):
-            if ref is None:
-                return zero
-            t = t0 + k if valid is None else jnp.clip(t0 + k, 0, T - 1)
-            return rows.load(ref, t, valid)
+        """The state at the start of chunk c, then its rows: x and output cotangents."""
+        def t(k):
+            return t0 + k if valid is None else jnp.clip(t0 + k, 0, T - 1)
 
-        xs = [row(x_ref, k) for k in range(steps)]
-        dss = [row(ds_ref, k) for k in range(steps)]
-        dvss = [row(dvs_ref, k) for k in range(steps)] if has_dvs else []
+        xs = tuple(tuple(rows.load(r, t(k), valid) for r in x_refs) for k in range(steps))
+        dos = tuple(tuple(rows.load(r, t(k), valid) if r is not None else rows.zero
+                          for r in dout_refs) for k in range(steps))
         if isinstance(c, int):  # static chunk index
-            v_start = v0 if c == 0 else rows.load(ck_ref, c - 1)
+            start = init if c == 0 else tuple(rows.load(r, c - 1) for r in ck_refs)
         elif n_ck == 0:
-            v_start = v0
+            start = init
         else:
-            v_ck = rows.load(ck_ref, jnp.clip(c - 1, 0, n_ck - 1), valid)
-            v_start = jnp.where(c == 0, v0, v_ck)
-        return (v_start, *xs, *dss, *dvss)
+            row = jnp.clip(c - 1, 0, n_ck - 1)
+            start = tuple(jnp.where(c == 0, v0, rows.load(r, row, valid))
+                          for v0, r in zip(init, ck_refs))
+        return start, xs, dos
 
-    def unpack(chunk, steps):
-        v_start, *r = chunk
-        xs, dss, dvss = r[:steps], r[steps:2 * steps], r[2 * steps:]
-        return v_start, xs, dss, dvss
+    def vjp_step(state, x, d_out, d_state):
+        def f(state, xw, pw):
+            xf, pf = list(x), list(params)
+            for i, v in zip(wx, xw):
+                xf[i] = v
+            for i, v in zip(wp, pw):
+                pf[i] = v
+            outs, new = step(state, tuple(xf), tuple(pf))
+            return tuple(outs), tuple(new)
 
-    def vjp_step(v, x, s_ct, v_ct):
-        def f(v, x, *wp):
-            p = list(params)
-            for i, value in zip(want, wp):
-                p[i] = value
-            return step(v, x, tuple(p), fire)
+        _, pullback = jax.vjp(f, state, tuple(x[i] for i in wx), tuple(params[i] for i in wp))
+        return pullback((d_out, d_state))
 
-        _, pullback = jax.vjp(f, v, x, *(params[i] for i in want))
-        return pullback((s_ct, v_ct))
-
-    def reverse_chunk(t0, steps, chunk, dv, acc):
-        v_start, xs, dss, dvss = unpack(chunk, steps)
+    def reverse_chunk(t0, steps, chunk, d_state, acc):
+        start, xs, dos = chunk
         # Recompute the chunk's states from its checkpoint, in registers.
-        v_prev, v = [], v_start
+        before, state = [], start
         for k in range(steps):
-            v_prev.append(v)
+            before.append(state)
             if k + 1 < steps:
-                _, v = step(v, xs[k], params, fire_primal)
+                state = tuple(step(state, xs[k], params)[1])
         for k in reversed(range(steps)):
-            v_ct = dv + dvss[k] if has_dvs else dv
-            dv, dx, *dps = vjp_step(v_prev[k], xs[k], dss[k], v_ct)
-            rows.store(dx_ref, dx, t0 + k)
-            acc = tuple(a + g for a, g in zip(acc, dps))
-        return dv, acc
+            d_state, dxw, dpw = vjp_step(before[k], xs[k], dos[k], d_state)
+            for i, g in zip(wx, dxw):
+                rows.store(dx_refs[i], g, t0 + k)
+            acc = tuple(a + g for a, g in zip(acc, dpw))
+        return tuple(d_state), acc
 
-    v0 = rows.param(v0_ref, v0_scalar)
-    dv = rows.load(dvT_ref) if has_dvT else zero
-    acc = tuple(zero for _ in want)
+    d_state = tuple(rows.load(r) if r is not None else rows.zero for r in dfin_refs)
+    acc = tuple(rows.zero for _ in wp)
     if rem:  # the static tail chunk goes first
         t0 = n_full * K
-        dv, acc = reverse_chunk(t0, rem, load_chunk(n_full, t0, rem), dv, acc)
+        d_state, acc = reverse_chunk(t0, rem, load_chunk(n_full, t0, rem), d_state, acc)
     if n_full:
         def body(i, carry):
-            dv, acc, nxt = carry
+            d_state, acc, nxt = carry
             c = n_full - 1 - i
             t0 = c * K
             if prefetch:
-                chunk = nxt
-                nxt = load_chunk(c - 1, t0 - K, K, valid=c >= 1)
+                chunk, nxt = nxt, load_chunk(c - 1, t0 - K, K, valid=c >= 1)
             else:
                 chunk = load_chunk(c, t0, K)
-            dv, acc = reverse_chunk(t0, K, chunk, dv, acc)
-            return dv, acc, nxt
+            d_state, acc = reverse_chunk(t0, K, chunk, d_state, acc)
+            return d_state, acc, nxt
 
         c_last = n_full - 1
         nxt = load_chunk(c_last, c_last * K, K, valid=True) if prefetch else ()
-        dv, acc, _ = jax.lax.fori_loop(0, n_full, body, (dv, acc, tuple(nxt)))
-    if dv0_ref is not None:
-        rows.store(dv0_ref, dv)
-    for ref, a in zip(dp_refs, acc):
-        rows.store(ref, a)
+        d_state, acc, _ = jax.lax.fori_loop(0, n_full, body, (d_state, acc, nxt))
+    for ref, g in zip(dinit_refs, d_state):
+        if ref is not None:
+            rows.store(ref, g)
+    for i, a in zip(wp, acc):
+        rows.store(dp_refs[i], a)

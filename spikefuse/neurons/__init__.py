@@ -1,14 +1,23 @@
-"""Multi-step spiking neurons: IF and LIF over whole sequences, reference and fused backends.
+"""Multi-step spiking neurons over whole sequences, reference and fused backends.
 
-``IF`` / ``LIF`` (pytree classes) and ``integrate_fire`` / ``lif`` (functionals) run a neuron
-over ``x_seq`` ``[T, *shape]`` and return ``(spikes, v_final)``. The ``"reference"`` backend
-is a ``lax.scan`` of the step; ``"pallas"`` / ``"interpret"`` run the fused scan kernels.
+* `multistep` — the engine: any neuron written as one elementwise jnp step
+  ``step(state, x_t, params, fire) -> (s_t, new_state)``, run over ``x_seq`` ``[T, *shape]``.
+* Built-ins on that engine: ``IF`` / ``LIF`` / ``PLIF`` / ``ALIF`` (pytree classes) and
+  ``integrate_fire`` / ``lif`` / ``plif`` / ``alif`` (functionals).
+The ``"reference"`` backend is a ``lax.scan`` of the step; ``"pallas"`` / ``"interpret"``
+run the fused forward and BPTT scan kernels.
 """
 
 from spikefuse.kernels.scan import ScanConfig as ScanConfig
-from spikefuse.neurons.multistep import IF as IF
-from spikefuse.neurons.multistep import LIF as LIF
-from spikefuse.neurons.multistep import integrate_fire as integrate_fire
-from spikefuse.neurons.multistep import lif as lif
+from spikefuse.neurons.engine import multistep as multistep
+from spikefuse.neurons.builtin import ALIF as ALIF
+from spikefuse.neurons.builtin import IF as IF
+from spikefuse.neurons.builtin import LIF as LIF
+from spikefuse.neurons.builtin import PLIF as PLIF
+from spikefuse.neurons.builtin import alif as alif
+from spikefuse.neurons.builtin import integrate_fire as integrate_fire
+from spikefuse.neurons.builtin import lif as lif
+from spikefuse.neurons.builtin import plif as plif
 
-__all__ = ["IF", "LIF", "ScanConfig", "integrate_fire", "lif"]
+__all__ = ["ALIF", "IF", "LIF", "PLIF", "ScanConfig", "alif", "integrate_fire", "lif",
+           "multistep", "plif"]

@@ -1,29 +1,30 @@
-"""One pure single-step function per neuron: the single source of truth of its dynamics.
+"""One pure single-step function per built-in neuron: the single source of truth of its dynamics.
 
-Each step maps the membrane before step t and the input x_t to ``(s_t, v_t)`` — the spike
-and the membrane after reset — following ``shared/spec/neurons.md``. The same function is
-traced by the ``lax.scan`` reference (``reference.py``) and inside the Pallas scan kernels
-(``kernels/scan.py``), whose backward differentiates it with ``jax.vjp`` in the kernel body.
-So a step uses only elementwise jnp operations the Triton lowering accepts, and no division:
-a decay is a multiplication by ``inv_tau = 1 / tau``, computed once outside the loop, because
-XLA and Triton round a float division differently (Triton's f32 ``/`` is not IEEE-rounded)
-and spikes must be bit-identical across backends. Multiplication, addition and comparison
-round the same everywhere.
+Each step follows the engine's step contract (``shared/spec/neurons.md``, "Any neuron"):
+``step(state, x_t, params, fire) -> (s_t, new_state)``, elementwise over neurons, where
+``params`` is a dict of numeric parameters and ``fire(h, threshold)`` is the Heaviside spike
+with its surrogate derivative, handed in by the engine. The same step is traced by the
+``lax.scan`` reference and inside the Pallas scan kernels, whose backward differentiates it
+with ``jax.vjp`` in the kernel body. Static options (reset mode, ``decay_input``,
+``detach_reset``) are fields of a frozen dataclass, so a step is hashable and compared by
+value: two calls with the same options share their compiled kernels.
 
-``fire(h, v_threshold)`` is passed in: the Heaviside spike H(h - v_threshold) with its
-surrogate derivative (``spikefuse.fire`` in the reference, a kernel-local rule in the fused
-backend). Everything is computed in the state's dtype (f32 for bf16/f16 inputs).
+So a step uses only elementwise jnp operations the Triton lowering accepts, and no division
+or transcendental function of a parameter: a decay is a multiplication by ``inv_tau = 1/τ``
+and ALIF's ρ = exp(−1/τ_a) is computed once outside the loop (by ``builtin.py``), because
+XLA and Triton round a float division (and may round ``exp``) differently and spikes must be
+bit-identical across backends. Multiplication, addition and comparison round the same
+everywhere. Everything is computed in the state's dtype (f32 for bf16/f16 inputs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 
-__all__ = ["Step", "if_step", "lif_step", "if_spec", "lif_spec"]
+__all__ = ["ALIFStep", "IFStep", "LIFStep", "alif_step", "if_step", "lif_step"]
 
 
 def _reset(h, s, *, v_threshold, v_reset, detach_reset):
@@ -33,6 +34,13 @@ def _reset(h, s, *, v_threshold, v_reset, detach_reset):
     if v_reset is None:  # soft reset: subtract the threshold
         return h - v_threshold * s
     return h * (1.0 - s) + v_reset * s  # hard reset
+
+
+def _charge(v, x, *, inv_tau, v_reset, decay_input):
+    rest = v if v_reset is None else v - v_reset
+    if decay_input:
+        return v + (x - rest) * inv_tau
+    return v - rest * inv_tau + x
 
 
 def if_step(v, x, *, v_threshold, v_reset, detach_reset: bool, fire: Callable):
@@ -63,44 +71,74 @@ def lif_step(v, x, *, inv_tau, v_threshold, v_reset, decay_input: bool, detach_r
 
     Args are those of `if_step`, plus ``inv_tau`` (1/τ) and ``decay_input``.
     """
-    rest = v if v_reset is None else v - v_reset
-    if decay_input:
-        h = v + (x - rest) * inv_tau
-    else:
-        h = v - rest * inv_tau + x
+    h = _charge(v, x, inv_tau=inv_tau, v_reset=v_reset, decay_input=decay_input)
     s = fire(h, v_threshold)
     return s, _reset(h, s, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset)
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
-    """A step function bound to its static options, called as ``step(v, x, params, fire)``.
+def alif_step(v, a, x, *, inv_tau, v_threshold, v_reset, beta, rho, decay_input: bool,
+              detach_reset: bool, fire: Callable):
+    """One adaptive-threshold LIF step (after Bellec et al. 2018).
 
-    ``params`` is the tuple of numeric parameters named by ``names`` (traced values: scalars,
-    per-neuron arrays, or per-block rows inside a kernel). Frozen and compared by value, so
-    it is hashable and can be a static argument of ``jit``, ``custom_vjp`` and kernels.
+    h = LIF charge of v; θ = v_th + β·a; s = H(h − θ); v = reset of h (soft: h − θ·s);
+    a = ρ·a + (1 − ρ)·s. ``detach_reset`` stops the gradient of the s used in the reset
+    only; the s that updates ``a`` keeps it.
+
+    Args are those of `lif_step`, plus the adaptation ``a``, ``beta`` (β) and ``rho``
+    (ρ = exp(−1/τ_a)).
+
+    Returns:
+      ``(s, (v_new, a_new))``.
     """
+    h = _charge(v, x, inv_tau=inv_tau, v_reset=v_reset, decay_input=decay_input)
+    theta = v_threshold + beta * a
+    s = fire(h, theta)
+    v = _reset(h, s, v_threshold=theta, v_reset=v_reset, detach_reset=detach_reset)
+    return s, (v, rho * a + (1.0 - rho) * s)
 
-    fn: Callable
-    names: tuple[str, ...]
-    static: tuple[tuple[str, Any], ...] = ()
+
+@dataclasses.dataclass(frozen=True)
+class IFStep:
+    """`if_step` for the engine; params ``v_threshold`` (and ``v_reset`` when hard)."""
+
+    soft_reset: bool
+    detach_reset: bool
 
     def __call__(self, v, x, params, fire):
-        kwargs = dict(zip(self.names, params, strict=True))
-        return self.fn(v, x, fire=fire, **kwargs, **dict(self.static))
+        return if_step(v, x, v_threshold=params["v_threshold"],
+                       v_reset=None if self.soft_reset else params["v_reset"],
+                       detach_reset=self.detach_reset, fire=fire)
 
 
-def if_spec(*, soft_reset: bool, detach_reset: bool) -> Step:
-    """The IF step; params are ``(v_threshold,)`` soft or ``(v_threshold, v_reset)`` hard."""
-    if soft_reset:
-        return Step(if_step, ("v_threshold",),
-                    (("v_reset", None), ("detach_reset", bool(detach_reset))))
-    return Step(if_step, ("v_threshold", "v_reset"), (("detach_reset", bool(detach_reset)),))
+@dataclasses.dataclass(frozen=True)
+class LIFStep:
+    """`lif_step` for the engine (LIF and PLIF); params ``inv_tau``, ``v_threshold`` (and
+    ``v_reset`` when hard)."""
+
+    soft_reset: bool
+    decay_input: bool
+    detach_reset: bool
+
+    def __call__(self, v, x, params, fire):
+        return lif_step(v, x, inv_tau=params["inv_tau"], v_threshold=params["v_threshold"],
+                        v_reset=None if self.soft_reset else params["v_reset"],
+                        decay_input=self.decay_input, detach_reset=self.detach_reset,
+                        fire=fire)
 
 
-def lif_spec(*, soft_reset: bool, decay_input: bool, detach_reset: bool) -> Step:
-    """The LIF step; params are ``(inv_tau, v_threshold[, v_reset])``."""
-    static = (("decay_input", bool(decay_input)), ("detach_reset", bool(detach_reset)))
-    if soft_reset:
-        return Step(lif_step, ("inv_tau", "v_threshold"), (("v_reset", None),) + static)
-    return Step(lif_step, ("inv_tau", "v_threshold", "v_reset"), static)
+@dataclasses.dataclass(frozen=True)
+class ALIFStep:
+    """`alif_step` for the engine; state ``(v, a)``; params ``inv_tau``, ``v_threshold``,
+    ``beta``, ``rho`` (and ``v_reset`` when hard)."""
+
+    soft_reset: bool
+    decay_input: bool
+    detach_reset: bool
+
+    def __call__(self, state, x, params, fire):
+        v, a = state
+        return alif_step(v, a, x, inv_tau=params["inv_tau"],
+                         v_threshold=params["v_threshold"],
+                         v_reset=None if self.soft_reset else params["v_reset"],
+                         beta=params["beta"], rho=params["rho"], decay_input=self.decay_input,
+                         detach_reset=self.detach_reset, fire=fire)

@@ -1,7 +1,8 @@
 """The ``lax.scan`` reference of a multi-step neuron: the specification of the fused kernels.
 
-A ``lax.scan`` of the neuron's step (``dynamics.py``) over the leading time axis, with the
-spike taken by ``spikefuse.fire(..., backend="reference")``, differentiated by JAX.
+A ``lax.scan`` over the leading time axis of the engine's flat step (a user's step or a
+built-in one from ``dynamics.py``, with ``fire`` bound to the surrogate), differentiated by
+JAX.
 
 ``unroll`` (steps per loop iteration) matters a lot and in opposite directions by platform:
 
@@ -23,11 +24,13 @@ spike taken by ``spikefuse.fire(..., backend="reference")``, differentiated by J
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 
-__all__ = ["default_unroll", "multistep_reference"]
+__all__ = ["default_unroll", "run_reference"]
 
 # Steps fused per scan iteration when the caller does not choose (see the module docstring).
 _UNROLL_BY_PLATFORM = {"cpu": 1}
@@ -49,33 +52,33 @@ def default_unroll(T: int, platform: str | None = None, N: int = 0) -> int:
     return max(1, min(int(T), unroll))
 
 
-def multistep_reference(step: Callable, x_seq, v0, params: tuple, fire: Callable, *,
-                        unroll: int | None = None, return_v_seq: bool = False):
-    """Runs ``step`` over the leading axis of ``x_seq`` with ``lax.scan``.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def run_reference(step: Callable, unroll: int, out_dtype, xs: tuple, init: tuple,
+                  params: tuple):
+    """Runs a flat step (``engine.FlatStep``) over the leading axis of ``xs`` with
+    ``lax.scan``.
 
     Args:
-      step: ``step(v, x_t, params, fire) -> (s_t, v_t)`` (a ``dynamics.Step``).
-      x_seq: ``[T, *shape]`` float inputs.
-      v0: initial state of ``shape`` in the compute dtype (which the state keeps).
-      params: the step's numeric parameters in the compute dtype, each broadcastable to
-        ``shape``.
-      fire: ``fire(h, v_threshold)``, the spike with its surrogate derivative.
-      unroll: steps per scan iteration; ``default_unroll(T)`` when None.
-      return_v_seq: also return the membrane after each step.
+      step: ``step(state, xs_t, params) -> (outs, new_state)`` on flat tuples.
+      unroll: steps per scan iteration (`default_unroll` is the default of the callers).
+      out_dtype: dtype of the per-step outputs and final states.
+      xs: the inputs, each ``[T, *shape]``.
+      init: the initial state leaves in the compute dtype (which the state keeps), each
+        broadcastable to ``shape``.
+      params: the step's parameters in the compute dtype, each broadcastable to ``shape``.
 
     Returns:
-      ``(s_seq, v_T)`` or ``(s_seq, v_T, v_seq)``; all in ``x_seq``'s dtype.
+      ``(outs, finals)``: per-step outputs ``[T, *shape]`` and final states ``[*shape]``,
+      in ``out_dtype``.
     """
-    dtype, cdt = x_seq.dtype, v0.dtype
-    if unroll is None:
-        unroll = default_unroll(x_seq.shape[0], N=x_seq[0].size)
+    cdt = init[0].dtype
+    # Shaped (and, on Explicit mesh axes, sharded) like one time step of x: the scan carry.
+    zero = jnp.zeros_like(xs[0][0], dtype=cdt)
+    init = tuple(v + zero for v in init)
 
-    def body(v, x_t):
-        s, v = step(v, x_t.astype(cdt), params, fire)
-        out = (s.astype(dtype), v.astype(dtype)) if return_v_seq else s.astype(dtype)
-        return v, out
+    def body(state, x_t):
+        outs, new = step(state, tuple(a.astype(cdt) for a in x_t), params)
+        return tuple(new), tuple(o.astype(out_dtype) for o in outs)
 
-    v_T, out = jax.lax.scan(body, v0, x_seq, unroll=unroll)
-    if return_v_seq:
-        return out[0], v_T.astype(dtype), out[1]
-    return out, v_T.astype(dtype)
+    final, outs = jax.lax.scan(body, init, tuple(xs), unroll=unroll)
+    return outs, tuple(v.astype(out_dtype) for v in final)

@@ -1,6 +1,7 @@
 """Sharded inputs on 8 simulated CPU devices: the kernels run per shard.
 
-For the elementwise spike (``fire``) and the multi-step neurons (``LIF``/``IF``), in
+For the elementwise spike (``fire``) and the multi-step neurons (``LIF``/``IF`` and a
+user's two-state step through the engine, ``multistep``), in
 Pallas interpret mode, on 1-D and 2-D meshes with Auto and Explicit axes:
 
 * sharded results equal the unsharded ones (jit on one device): spikes, membranes and
@@ -220,6 +221,46 @@ def test_lif_per_shard(mesh_name, types):
     assert_same(grads[1], want_grads[1], "sum")  # tau: summed over devices
     assert "all-reduce" in found
     assert spec_of(out[0]) == spec_of(jax.device_put(XS, NamedSharding(mesh, seq)))
+
+
+def two_state_step(state, x, p, fire):
+    """A user's 2-state step through the engine (an adaptive threshold)."""
+    v, a = state
+    h = v * p["decay"] + x
+    theta = 1.0 + p["beta"] * a
+    s = fire(h, theta)
+    return s, (h - theta * s, 0.9 * a + 0.1 * s)
+
+
+def engine_and_grads(x_seq, beta, v0):
+    def run(x_seq, beta, v0):
+        return sn.multistep(two_state_step, x_seq, (v0, 0.0), {"decay": 0.8, "beta": beta},
+                            backend=BACKEND, return_states=True)
+
+    def loss(x_seq, beta, v0):
+        s, (v, a), (v_seq, a_seq) = run(x_seq, beta, v0)
+        w = jnp.arange(1, T + 1, dtype=s.dtype)[:, None, None]
+        return (s * w).sum() + (v ** 2).sum() + a.sum() + (v_seq * 0.1).sum() + a_seq.sum()
+
+    return run(x_seq, beta, v0), jax.grad(loss, (0, 1, 2))(x_seq, beta, v0)
+
+
+@pytest.mark.parametrize("types", AXIS_TYPES)
+@pytest.mark.parametrize("mesh_name", MESHES)
+def test_engine_two_state_per_shard(mesh_name, types, monkeypatch):
+    monkeypatch.setattr(scan, "default_config", lambda *a: CFG)  # small interpret kernels
+    mesh = make_mesh(mesh_name, types)
+    spec = LAYOUTS[mesh_name]
+    beta = TAU / 2  # per feature, replicated
+    want_out, want_grads = jax.jit(engine_and_grads)(XS, beta, V0)
+    (out, grads), found = run_sharded(engine_and_grads, mesh, (XS, beta, V0),
+                                      (P(None, *spec), P(), spec))
+    for g, w in zip(jax.tree.leaves(out), jax.tree.leaves(want_out)):
+        assert_same(g, w, "exact")
+    assert_same(grads[0], want_grads[0], "ulp")  # per element
+    assert_same(grads[2], want_grads[2], "ulp")  # per neuron
+    assert_same(grads[1], want_grads[1], "sum")  # beta: summed over devices
+    assert "all-reduce" in found
 
 
 @pytest.mark.parametrize("types", AXIS_TYPES)

@@ -1,0 +1,373 @@
+"""The neuron engine: any elementwise jnp step, run over a whole sequence on every backend.
+
+`multistep` takes a user's step ``step(state, x_t, params, fire) -> (s_t, new_state)`` (the
+contract of ``shared/spec/neurons.md``, "Any neuron") and runs it over ``x_seq``:
+
+* ``"reference"``: a ``lax.scan`` of the step, differentiated by JAX (`reference.run_reference`);
+* ``"pallas"`` / ``"interpret"``: one forward and one BPTT Pallas kernel (``fused.py`` over
+  ``kernels/scan.py``), keeping only the state every K steps.
+
+Both trace the same flat step (`FlatStep`: the user's step on flat tuples, with ``fire``
+bound to the surrogate), so they compute the same function. Every built-in neuron (IF, LIF,
+PLIF, ALIF in ``builtin.py``) is an instance of this engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from spikefuse._checks import check_broadcast, real_array
+from spikefuse.kernels import dispatch, scan, sharding
+from spikefuse.neurons import _stepcheck, fused
+from spikefuse.neurons.reference import default_unroll, run_reference
+from spikefuse.surrogate import Sigmoid, Surrogate, grad_fn
+from spikefuse.surrogate._base import check_surrogate
+
+__all__ = ["FlatStep", "make_fire", "multistep", "run"]
+
+_WHAT = "spikefuse.neurons.multistep"
+MAX_STATE = 8
+
+
+# -- fire: the Heaviside spike with the surrogate derivative ------------------------------
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _heaviside(gfn, u, gparams):
+    return (u >= 0).astype(u.dtype)
+
+
+@_heaviside.defjvp
+def _heaviside_jvp(gfn, primals, tangents):
+    # dH/du = g'(u) (so dH/dh = g', dH/dthreshold = -g'); dH/d(surrogate parameters) = 0.
+    # Differentiating this rule again differentiates g' itself (second order).
+    u, gparams = primals
+    return _heaviside(gfn, u, gparams), gfn(u, *gparams).astype(u.dtype) * tangents[0]
+
+
+def make_fire(gfn: Callable, gparams: tuple) -> Callable:
+    """``fire(h, threshold=0.0)`` = H(h − threshold) with dH/dh = g′(h − threshold),
+    dH/dthreshold = −g′ and no gradient to the surrogate's parameters ``gparams``.
+
+    One definition for every backend: the reference's ``lax.scan`` and the kernel bodies
+    trace it alike (the same comparison, the same g′).
+    """
+
+    def fire(h, threshold=0.0):
+        return _heaviside(gfn, h - threshold, gparams)
+
+    return fire
+
+
+# -- the flat step ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FlatStep:
+    """A user's step on flat tuples: ``(state, xs, params) -> (outs, new_state)``.
+
+    ``params`` holds the step's parameter leaves, then the surrogate's (``gfn``'s). The
+    outputs are the spike, then (``emit_states``) the new state leaves. Hashable, so it is
+    a static argument of ``jit``, the primitives and the kernels.
+    """
+
+    fn: Callable
+    state_def: Any
+    x_def: Any
+    param_def: Any
+    n_params: int
+    gfn: Callable
+    emit_states: bool = False
+
+    def call(self, state, xs, params):
+        """The user's step on pytrees: ``(s, new_state)`` as it returns them."""
+        fire = make_fire(self.gfn, tuple(params[self.n_params:]))
+        return self.fn(jax.tree.unflatten(self.state_def, state),
+                       jax.tree.unflatten(self.x_def, xs),
+                       jax.tree.unflatten(self.param_def, params[:self.n_params]), fire)
+
+    def __call__(self, state, xs, params):
+        s, new = self.call(state, xs, params)
+        new = tuple(self.state_def.flatten_up_to(new))
+        s = jnp.asarray(s).astype(state[0].dtype)
+        return ((s, *new) if self.emit_states else (s,)), new
+
+
+# -- validation ---------------------------------------------------------------------------
+def _leaves(tree, name: str):
+    """``tree``'s leaves with their names: ``name`` plus the key path, or (``name=""``, for
+    the built-ins' parameter dicts) the key alone."""
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    if not name:
+        return [(str(getattr(k[-1], "key", k[-1])), v) for k, v in pairs], treedef
+    return [(f"{name}{jax.tree_util.keystr(k)}", v) for k, v in pairs], treedef
+
+
+def _check_step(step):
+    if not callable(step):
+        raise TypeError(f"{_WHAT}: step must be callable, got {type(step).__name__}")
+    try:
+        hash(step)
+    except TypeError:
+        raise TypeError(
+            f"{_WHAT}: step must be hashable (a function, a functools.partial or a frozen "
+            f"dataclass): it keys the compiled kernels; got {type(step).__name__}") from None
+
+
+def _check_xs(x_seq):
+    named, x_def = _leaves(x_seq, "x_seq")
+    if not named:
+        raise TypeError(f"{_WHAT}: x_seq must be an array [T, *shape] or a pytree of them, "
+                        f"got {x_seq!r}")
+    xs = [real_array(v, n, integers="reject") for n, v in named]
+    first = xs[0]
+    if first.ndim < 1:
+        raise ValueError(f"{_WHAT}: {named[0][0]} must have a leading time axis, shape "
+                         "[T, *shape]; got a 0-d array")
+    if first.shape[0] < 1:
+        raise ValueError(f"{_WHAT}: x_seq must have T >= 1 time steps, got shape {first.shape}")
+    for (n, _), x in zip(named, xs):
+        if x.shape != first.shape:
+            raise ValueError(f"{_WHAT}: every x_seq leaf must have the same shape [T, *shape];"
+                             f" {named[0][0]} has {first.shape}, {n} has {x.shape}")
+    return xs, x_def
+
+
+def _check_init(init, shape, cdt, names=None):
+    named, state_def = _leaves(init, "init")
+    if names is not None and len(names) == len(named):
+        named = [(n, v) for n, (_, v) in zip(names, named)]
+    if not 1 <= len(named) <= MAX_STATE:
+        raise ValueError(f"{_WHAT}: init must hold 1 to {MAX_STATE} state arrays (a pytree "
+                         f"matching the step's state), got {len(named)}")
+    out = []
+    for name, value in named:
+        arr = real_array(value, name)
+        # A Python int is fine (weakly typed, it takes the state's dtype); an integer array
+        # would be a non-float state, which the surrogate gradient cannot flow through.
+        if not jnp.issubdtype(arr.dtype, jnp.floating) and not getattr(arr, "weak_type", False):
+            raise TypeError(f"{_WHAT}: {name} has dtype {arr.dtype}; every state leaf must "
+                            "be floating (it is carried in the compute dtype)")
+        check_broadcast(arr.shape, shape, name, "the neuron shape (x_seq's shape without its "
+                        "leading time axis)")
+        out.append(arr.astype(cdt))
+    return out, state_def
+
+
+def _check_numbers(named, shape, cdt):
+    """Each ``(name, value)``: a real array broadcastable to ``shape``, in ``cdt``."""
+    out = []
+    for n, value in named:
+        arr = real_array(value, n)
+        check_broadcast(arr.shape, shape, n, "the neuron shape (x_seq's shape without its "
+                        "leading time axis)")
+        out.append(arr.astype(cdt))
+    return out
+
+
+def _check_bool(value, name: str):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _avals(arrays, shape=None):
+    return tuple(jax.ShapeDtypeStruct(a.shape if shape is None else shape, a.dtype)
+                 for a in arrays)
+
+
+@functools.lru_cache(maxsize=512)
+def _check_traced(flat: FlatStep, name: str, x_avals, state_avals, param_avals):
+    """The step traced on the reference's shapes: elementwise, and returning a state like
+    ``init`` (structure, neuron shape, compute dtype) and a spike of the neuron shape."""
+    shape, cdt = state_avals[0].shape, state_avals[0].dtype
+    out = _stepcheck.check_elementwise(flat.call, (state_avals, x_avals, param_avals),
+                                       name=name, what=_WHAT)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(f"{_WHAT}: the step {name} must return a pair (s_t, new_state), got "
+                        f"{out!r}")
+    s, new = out
+    new_named, new_def = _leaves(new, "new_state")
+    if new_def != flat.state_def:
+        raise ValueError(f"{_WHAT}: the step {name} returns a state of structure {new_def}, "
+                         f"but init has structure {flat.state_def}; they must match")
+    for n, v in new_named:
+        if tuple(v.shape) != tuple(shape):
+            raise ValueError(f"{_WHAT}: the step {name} returns {n} of shape {tuple(v.shape)},"
+                             f" but the state has the neuron shape {tuple(shape)}")
+        if jnp.dtype(v.dtype) != jnp.dtype(cdt):
+            raise ValueError(
+                f"{_WHAT}: the step {name} returns {n} of dtype {v.dtype}, but the state is "
+                f"carried in the compute dtype {cdt} (keep every operation in the state's "
+                "dtype; bf16/f16 inputs are computed in float32)")
+    if tuple(s.shape) != tuple(shape):
+        raise ValueError(f"{_WHAT}: the step {name} returns a spike of shape "
+                         f"{tuple(s.shape)}, but the neuron shape is {tuple(shape)}")
+
+
+@functools.lru_cache(maxsize=512)
+def _check_kernel_bodies(flat: FlatStep, name: str, backend: str, n_x: int, m: int,
+                         n_p: int, cdt):
+    """``backend='pallas'``: every primitive of the kernel bodies has a GPU lowering."""
+    row = jax.ShapeDtypeStruct((128,), cdt)
+    state, xs, params = (row,) * m, (row,) * n_x, (row,) * n_p
+
+    def backward(state, xs, params):
+        out, pullback = jax.vjp(flat, state, xs, params)
+        return pullback(out)
+
+    _stepcheck.check_lowerable(
+        [("in the step", flat, (state, xs, params)),
+         ("in its derivative, the backward kernel", backward, (state, xs, params))],
+        platform="gpu", name=name, what=_WHAT, backend=backend)
+
+
+# -- backends -----------------------------------------------------------------------------
+def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
+        backend: str | None = None, return_states: bool = False, unroll: int | None = None,
+        config: scan.ScanConfig | None = None, derive: Callable | None = None,
+        init_names: tuple[str, ...] | None = None):
+    """`multistep` with the knobs of the built-in neurons.
+
+    Args:
+      unroll: reference backend: ``lax.scan`` steps per iteration (default
+        `reference.default_unroll`).
+      config: fused backends: a ``kernels.scan.ScanConfig`` (default `scan.default_config`).
+      derive: maps the validated ``params`` (leaves in the compute dtype) to the step's
+        parameters, computed once outside the time loop and differentiated by JAX (e.g.
+        ``1/tau``): errors name the caller's parameters, the step sees the derived ones.
+      init_names: names of the ``init`` leaves in error messages (e.g. ``("v0",)``); when
+        given, a ``params`` leaf is named by its dict key alone (``tau``, not
+        ``params['tau']``), as the built-ins' arguments are.
+    """
+    _check_step(step)
+    name = _stepcheck.step_name(step)
+    xs, x_def = _check_xs(x_seq)
+    where = sharding.placement(xs[0])
+    if where.kind == "explicit":  # the time loop is sequential: T cannot be split
+        sharding.check_lead(where.spec, 1, "x_seq")
+    T, shape = xs[0].shape[0], tuple(xs[0].shape[1:])
+    out_dtype = jnp.result_type(*xs)
+    # The compute dtype, decided once: f32 state for bf16/f16/f32 inputs, f64 for f64.
+    cdt = jnp.promote_types(out_dtype, jnp.float32)
+    named, param_def = _leaves(params, "" if init_names else "params")
+    user_params = _check_numbers(named, shape, cdt)
+    if derive is not None:
+        user_params, param_def = jax.tree.flatten(
+            derive(jax.tree.unflatten(param_def, user_params)))
+    init, state_def = _check_init(init, shape, cdt, init_names)
+    surrogate = Sigmoid() if surrogate is None else check_surrogate(surrogate)
+    gfn, gparams = grad_fn(surrogate)
+    gparams = _check_numbers([(f"{type(surrogate).__name__}.{n}", p) for n, p in
+                              zip(surrogate._split_fields()[0], gparams)], shape, cdt)
+    _check_bool(return_states, "return_states")
+    if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, int)
+                               or unroll < 1):
+        raise ValueError(f"unroll must be a positive int, got {unroll!r}")
+    if config is not None and not isinstance(config, scan.ScanConfig):
+        raise TypeError(f"config must be a spikefuse.kernels.scan.ScanConfig, got "
+                        f"{type(config).__name__}")
+    flat = FlatStep(step, state_def, x_def, param_def, len(user_params), gfn,
+                    bool(return_states))
+    all_params = (*user_params, *gparams)
+    _check_traced(flat, name, _avals(xs, shape), _avals(init, shape), _avals(all_params))
+    N = int(np.prod(shape, dtype=np.int64))
+
+    resolved = dispatch.resolve(backend)
+    if resolved == "reference" or N == 0:  # nothing to launch for zero neurons
+        if unroll is None:
+            unroll = default_unroll(T, N=N)
+        outs, finals = run_reference(flat, unroll, out_dtype, tuple(xs), tuple(init),
+                                     all_params)
+    else:
+        if config is None:
+            config = scan.default_config(T, N, out_dtype)
+        scan.check_size(T, N, config)
+        if resolved == "pallas":
+            _check_kernel_bodies(flat, name, resolved, len(xs), len(init), len(all_params),
+                                 cdt)
+            xs[0] = dispatch.gpu_only(xs[0])  # compiling for CPU/TPU raises, no fallback
+        spec = fused.Spec("fwd", flat, len(xs), len(init), len(all_params),
+                          1 + len(init) * bool(return_states), jnp.dtype(out_dtype), config,
+                          resolved == "interpret")
+        outs, finals = fused.forward(spec, tuple(xs), tuple(init), all_params)
+    final_state = jax.tree.unflatten(state_def, finals)
+    if return_states:
+        return outs[0], final_state, jax.tree.unflatten(state_def, outs[1:])
+    return outs[0], final_state
+
+
+def multistep(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
+              backend: str | None = None, return_states: bool = False):
+    r"""Runs any neuron, written as one elementwise jnp step, over a whole sequence.
+
+    For t = 1 … T: ``s_t, state = step(state, x_t, params, fire)``, starting from ``init``.
+    On ``"pallas"`` (GPU) and ``"interpret"`` the loop is one forward Pallas kernel and one
+    BPTT kernel that differentiates ``step`` with ``jax.vjp`` inside the kernel, keeping
+    only the state every K steps; on ``"reference"`` it is a ``lax.scan``. Both run the same
+    step, so they compute the same spikes and gradients.
+
+    The step, ``step(state, x_t, params, fire) -> (s_t, new_state)``:
+
+    * ``state``: a pytree of 1 to 8 arrays of the neuron shape, carried in the compute dtype
+      (float32 for bf16/f16/f32 inputs, float64 for float64); ``new_state`` must have the
+      same structure, shape and dtype.
+    * ``x_t``: step t of ``x_seq`` (same structure), in the compute dtype.
+    * ``params``: the ``params`` pytree, each leaf in the compute dtype.
+    * ``fire(h, threshold=0.0)``: the spike :math:`H(h - \theta)`, except under
+      differentiation, where we take :math:`dH/dh = g'(h - \theta)` and
+      :math:`dH/d\theta = -g'(h - \theta)` from ``surrogate`` (0 for its parameters). Call it
+      as often as the neuron needs.
+    * It must be elementwise over neurons: no reductions, matmuls, reshapes, gathers or
+      cumulative ops across neurons, and no closed-over arrays or traced values (pass them
+      in ``params``). Static options belong in the step itself (a closure, a
+      ``functools.partial`` or a frozen dataclass); the step must be hashable.
+
+    Args:
+      step: the neuron's step, as above.
+      x_seq: inputs ``[T, *shape]`` (time first, T >= 1, floating), or a pytree of such
+        arrays of one shape (several inputs per step).
+      init: the initial state, a pytree matching the step's state; leaves are numbers or
+        arrays broadcastable to ``shape``.
+      params: a pytree of numbers or arrays broadcastable to ``shape`` (scalars,
+        per-neuron, per-channel ``(C, 1, 1)``, …), or None.
+      surrogate: any ``spikefuse.surrogate.Surrogate`` (built-in or subclass; its parameters
+        may be traced); default ``Sigmoid()``.
+      backend: ``None`` (configured default), ``"auto"``, ``"reference"``, ``"pallas"`` or
+        ``"interpret"``.
+      return_states: also return the state after every step.
+
+    Returns:
+      ``(spikes, final_state)``, or ``(spikes, final_state, states)`` with
+      ``return_states``: spikes ``[T, *shape]``, ``final_state`` like ``init`` with leaves
+      of ``shape``, ``states`` like ``init`` with leaves ``[T, *shape]``; all in the dtype of
+      ``x_seq`` (the result type of its leaves).
+
+      Gradients (reverse and forward mode) flow to ``x_seq``, every ``init`` leaf and every
+      ``params`` leaf, summed over time and over the neurons a leaf is shared by; the
+      surrogate's parameters get 0. Works under ``jit``, ``vmap``, ``grad``,
+      ``jax.checkpoint``, and per shard on inputs sharded over any axis but time.
+      Second-order derivatives need ``backend="reference"``.
+
+    Raises:
+      ValueError / TypeError, before any kernel runs, naming the step: a step that is not
+      elementwise over neurons, that returns a state unlike ``init`` or a spike not of the
+      neuron shape, a non-float state; with ``backend="pallas"``, an operation the GPU
+      kernel cannot lower (``backend="reference"`` runs it).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from spikefuse.neurons import multistep
+      >>> def if_step(v, x, params, fire):  # integrate and fire, soft reset
+      ...     h = v + x
+      ...     s = fire(h, params["v_th"])
+      ...     return s, h - params["v_th"] * s
+      >>> s, v = multistep(if_step, jnp.full((4, 2), 0.6), init=0.0, params={"v_th": 1.0},
+      ...                  backend="reference")
+      >>> s[:, 0], v
+      (Array([0., 1., 0., 1.], dtype=float32), Array([0.39999998, 0.39999998], dtype=float32))
+    """
+    return run(step, x_seq, init, params, surrogate=surrogate, backend=backend,
+               return_states=return_states)
