@@ -71,6 +71,14 @@ def step_name(step) -> str:
     return f"{name!r}" if fn is step else f"{name!r} (in a functools.partial)"
 
 
+def _scans_over_an_axis(eqn) -> bool:
+    """A ``scan`` with ``xs``: the body sees an operand without its leading axis (a loop
+    over, say, neurons). A fixed-count loop (``fori_loop``) only has consts and carries."""
+    body = eqn.params["jaxpr"].jaxpr
+    return any(outer.aval.shape != inner.aval.shape
+               for outer, inner in zip(eqn.invars, body.invars))
+
+
 def _first_cross_neuron(jaxpr) -> str | None:
     """The name of the first primitive of ``jaxpr`` that is not elementwise, else None."""
     for eqn in jaxpr.eqns:
@@ -84,7 +92,7 @@ def _first_cross_neuron(jaxpr) -> str | None:
                     and eqn.params.get("dimensions") in (None, ())):
                 continue
             return name
-        if name == "scan" and len(eqn.invars) > eqn.params["num_consts"] + eqn.params["num_carry"]:
+        if name == "scan" and _scans_over_an_axis(eqn):
             return "scan over an array axis"
         if name in _CONTAINERS or name == "scan":
             for sub in jcore.jaxprs_in_params(eqn.params):

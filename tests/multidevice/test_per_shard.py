@@ -62,14 +62,18 @@ def assert_no_gathers(jitted, *args):
 
 def assert_same(got, want, how):
     """``how``: "exact" (forward values), "ulp" (per-element gradients: the same formula,
-    but XLA may vectorise it differently for a shard's shape than for the whole array), or
-    "sum" (gradients of shared parameters, summed across devices in another order)."""
+    but XLA may vectorise it differently for a shard's shape than for the whole array),
+    "sum" (gradients of shared parameters, summed across devices in another order) or
+    "close" (1e-5 relative to the largest magnitude)."""
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape and got.dtype == want.dtype
     if how == "exact":
         np.testing.assert_array_equal(got, want)
     elif how == "ulp":
         np.testing.assert_array_max_ulp(got, want, maxulp=4)
+    elif how == "close":  # 1e-5 of the largest magnitude, as the kernel-vs-reference tests
+        scale = float(np.max(np.abs(want), initial=0.0))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
     else:
         np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
 
@@ -255,11 +259,13 @@ def test_engine_two_state_per_shard(mesh_name, types, monkeypatch):
     want_out, want_grads = jax.jit(engine_and_grads)(XS, beta, V0)
     (out, grads), found = run_sharded(engine_and_grads, mesh, (XS, beta, V0),
                                       (P(None, *spec), P(), spec))
-    for g, w in zip(jax.tree.leaves(out), jax.tree.leaves(want_out)):
-        assert_same(g, w, "exact")
-    assert_same(grads[0], want_grads[0], "ulp")  # per element
-    assert_same(grads[2], want_grads[2], "ulp")  # per neuron
-    assert_same(grads[1], want_grads[1], "sum")  # beta: summed over devices
+    assert_same(out[0], want_out[0], "exact")  # spikes
+    # States and gradients to float32 rounding: interpreted, the kernel is XLA CPU code,
+    # which may contract its multiply-adds into fused ones differently for a shard's shape
+    # (seen on jax 0.12, 2x4 Auto mesh: 2e-7 in membranes near 0, 87 ulp in dx).
+    for g, w in zip(jax.tree.leaves((out[1:], grads)), jax.tree.leaves((want_out[1:],
+                                                                       want_grads))):
+        assert_same(g, w, "close")
     assert "all-reduce" in found
 
 
