@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import neuron_oracle
 from lowering import export_for_cuda
 
 import spikefuse.neurons as sn
@@ -23,37 +24,8 @@ CONFIGS = {"k4": scan.ScanConfig(block=32, chunk=K, num_warps=1),
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
 
 
-# -- the oracle: lax.scan of the same user step with a spike rule written here ------------
-@jax.custom_jvp
-def _spike(u):
-    return (u >= 0).astype(u.dtype)
-
-
-@_spike.defjvp
-def _spike_jvp(primals, tangents):
-    (u,), (t,) = primals, tangents
-    sig = 1.0 / (1.0 + jnp.exp(-ALPHA * u))  # d/du sigmoid(ALPHA u), by hand
-    return _spike(u), ALPHA * sig * (1.0 - sig) * t
-
-
-def _oracle_fire(h, threshold=0.0):
-    return _spike(h - threshold)
-
-
 def oracle(step, x_seq, init, params):
-    """``(spikes, final_state)`` of ``step`` by ``lax.scan``, in f32, outputs in x's dtype."""
-    leaves = jax.tree.leaves(x_seq)
-    dtype, shape = leaves[0].dtype, leaves[0].shape[1:]
-    init = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape), init)
-    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
-
-    def body(state, x_t):
-        s, new = step(state, jax.tree.map(lambda a: a.astype(jnp.float32), x_t), params,
-                      _oracle_fire)
-        return new, s.astype(dtype)
-
-    final, s = jax.lax.scan(body, init, x_seq)
-    return s, jax.tree.map(lambda v: v.astype(dtype), final)
+    return neuron_oracle.oracle(step, x_seq, init, params, neuron_oracle.sigmoid_gprime(ALPHA))
 
 
 # -- user steps: 1, 2 and 3 state leaves ---------------------------------------------------

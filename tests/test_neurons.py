@@ -2,6 +2,7 @@
 reference, the reference against finite differences of an independent float64 model, the
 cuda lowering (jax.export on CPU), validation, pytrees and the launch heuristic."""
 
+import functools
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from lowering import export_for_cuda
+from neuron_oracle import oracle, sigmoid_gprime
 
 import spikefuse
 import spikefuse.neurons as sn
@@ -317,23 +319,162 @@ def test_reference_matches_finite_differences_float64():
 
 
 # ---------------------------------------------------------------------------------------
+# PLIF and ALIF against scans written here from shared/spec/neurons.md
+
+
+SPEC_ALPHA = 2.5  # Sigmoid(alpha=2.5); the oracle's g' is written by hand
+
+
+def spec_plif(x, v0, w, thr, v_reset, decay_input, detach):
+    """PLIF as the spec says: LIF with 1/tau = sigmoid(w) = 1 / (1 + exp(-w))."""
+    tau = 1.0 + jnp.exp(-w)  # 1 / sigmoid(w)
+    soft = v_reset is None
+
+    def step(v, x_t, p, fire):
+        rest = v if soft else v - v_reset
+        h = v + (x_t - rest) / tau if decay_input else v - rest / tau + x_t
+        s = fire(h, thr)
+        r = jax.lax.stop_gradient(s) if detach else s
+        return s, (h - thr * r if soft else h * (1.0 - r) + v_reset * r)
+
+    return oracle(step, x, v0, None, sigmoid_gprime(SPEC_ALPHA))
+
+
+def spec_alif(x, v0, a0, tau, tau_a, beta, thr, v_reset, decay_input, detach):
+    """ALIF as the spec says: theta = v_th + beta a; a = rho a + (1 - rho) s."""
+    rho = jnp.exp(-1.0 / tau_a)
+    soft = v_reset is None
+
+    def step(state, x_t, p, fire):
+        v, a = state
+        rest = v if soft else v - v_reset
+        h = v + (x_t - rest) / tau if decay_input else v - rest / tau + x_t
+        theta = thr + beta * a
+        s = fire(h, theta)
+        r = jax.lax.stop_gradient(s) if detach else s
+        v = h - theta * r if soft else h * (1.0 - r) + v_reset * r
+        return s, (v, rho * a + (1.0 - rho) * s)
+
+    return oracle(step, x, (v0, a0), None, sigmoid_gprime(SPEC_ALPHA))
+
+
+# (neuron, v_reset, decay_input, detach_reset, T, per-channel parameter)
+SPEC_CASES = [
+    ("plif", 0.0, True, False, 13, True),
+    ("plif", None, False, True, 3, False),
+    ("alif", 0.0, True, False, 13, True),
+    ("alif", None, True, True, 5, False),
+    ("alif", -0.2, False, False, 1, True),
+]
+
+
+@pytest.mark.parametrize("case", SPEC_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_plif_and_alif_match_the_spec(case):
+    neuron, v_reset, decay, detach, T, chan = case
+    rng = np.random.default_rng(T)
+    shape = (3, 37)
+    x = jnp.asarray(rng.normal(0.8, 0.9, size=(T, *shape)).astype(np.float32))
+    v0 = jnp.asarray(rng.uniform(-0.3, 0.8, size=shape).astype(np.float32))
+    p_shape = (3, 1) if chan else ()
+    sur = sg.Sigmoid(alpha=SPEC_ALPHA)
+    if neuron == "plif":
+        w = jnp.asarray(rng.uniform(-1.0, 1.0, size=p_shape).astype(np.float32))
+        args = (x, v0, w, jnp.float32(1.0))
+
+        def ours(backend, x, v0, w, thr):
+            return sn.plif(x, v0, w=w, v_threshold=thr, v_reset=v_reset, decay_input=decay,
+                           detach_reset=detach, surrogate=sur, backend=backend,
+                           config=CONFIGS["b32k3"])
+
+        def spec(x, v0, w, thr):
+            return spec_plif(x, v0, w, thr, v_reset, decay, detach)
+    else:
+        beta = jnp.asarray(rng.uniform(0.5, 2.0, size=p_shape).astype(np.float32))
+        a0 = jnp.asarray(rng.uniform(0.0, 0.3, size=shape).astype(np.float32))
+        args = (x, v0, a0, jnp.float32(1.7), jnp.float32(6.0), beta, jnp.float32(0.9))
+
+        def ours(backend, x, v0, a0, tau, tau_a, beta, thr):
+            return sn.alif(x, v0, a0, tau=tau, tau_a=tau_a, beta=beta, v_threshold=thr,
+                           v_reset=v_reset, decay_input=decay, detach_reset=detach,
+                           surrogate=sur, backend=backend, config=CONFIGS["b32k3"])
+
+        def spec(*a):
+            return spec_alif(*a, v_reset, decay, detach)
+
+    def value_and_grads(fn):
+        def loss(*a):
+            s, state = fn(*a)
+            return jnp.sum(s * jnp.arange(1.0, T + 1)[:, None, None]) + sum(
+                jnp.sum(v * jnp.cos(jnp.arange(v.size).reshape(v.shape)))
+                for v in jax.tree.leaves(state))
+
+        return jax.jit(lambda *a: (fn(*a), jax.grad(loss, tuple(range(len(a))))(*a)))
+
+    (s_w, state_w), grads_w = value_and_grads(spec)(*args)
+    assert 0.02 < float(s_w.mean()) < 0.9
+    for backend in ("reference", "interpret"):
+        (s, state), grads = value_and_grads(functools.partial(ours, backend))(*args)
+        np.testing.assert_array_equal(s, s_w, err_msg=backend)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state_w)):
+            _close(a, b, "float32", f"{backend}: final state")
+        for i, (a, b) in enumerate(zip(grads, grads_w)):
+            assert a.shape == b.shape
+            _close(a, b, "float32", f"{backend}: gradient {i}")
+
+
+def test_plif_and_alif_classes():
+    x = jnp.asarray(np.random.default_rng(7).normal(0.8, 1, size=(9, 4, 5)), jnp.float32)
+    neuron = sn.PLIF(init_tau=3.0, backend="reference")
+    assert neuron.w == pytest.approx(-np.log(2.0))
+    np.testing.assert_allclose(neuron.tau, 3.0, rtol=1e-6)
+    s, v = neuron(x)
+    s_f, v_f = sn.plif(x, w=neuron.w, backend="reference")
+    np.testing.assert_array_equal(s, s_f)
+    # jax.grad of a model holding a PLIF reaches w (scalar) and a per-channel w.
+    model = {"neuron": neuron, "scale": 1.0}
+    grads = jax.grad(lambda m: m["neuron"](x * m["scale"])[0].sum())(model)
+    assert isinstance(grads["neuron"], sn.PLIF) and float(grads["neuron"].w) != 0.0
+    per_channel = sn.PLIF(init_tau=jnp.full((5,), 2.0), backend="reference")
+    g = jax.grad(lambda n: n(x)[1].sum())(per_channel)
+    assert g.w.shape == (5,)
+    assert repr(sn.PLIF()).startswith("PLIF(w=0.0, v_threshold=1.0")
+    with pytest.raises(ValueError, match="init_tau"):
+        sn.PLIF(init_tau=1.0)
+    alif_neuron = sn.ALIF(tau=3.0, tau_a=10.0, beta=0.5, backend="reference")
+    s, (v, a), (v_seq, a_seq) = alif_neuron(x, return_states=True)
+    np.testing.assert_array_equal(a_seq[-1], a)
+    assert jax.tree_util.tree_flatten(alif_neuron)[0][:3] == [3.0, 10.0, 0.5]
+    with pytest.raises(ValueError, match="tau_a"):
+        sn.ALIF(tau_a=0.0)
+    with pytest.raises(ValueError, match="beta"):
+        sn.alif(x, beta=-1.0)
+
+
+# ---------------------------------------------------------------------------------------
 # GPU lowering, checked on CPU
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("variant", ["lif-hard-sigmoid-prefetch", "if-soft-user-default"])
+@pytest.mark.parametrize("variant", ["lif-hard-sigmoid-prefetch", "if-soft-user-default",
+                                     "plif-soft-arctan", "alif-hard-sigmoid"])
 def test_forward_and_gradient_lower_for_cuda(variant, dtype):
     T, shape = 37, (3, 1000)
     dt = jnp.dtype(dtype)
+    config = scan.ScanConfig(block=128, chunk=8, num_warps=4, prefetch=True)
     if variant.startswith("lif"):
-        config = scan.ScanConfig(block=128, chunk=8, num_warps=4, prefetch=True)
-
         def fn(x, v0, tau):
             return sn.lif(x, v0, tau=tau, backend="pallas", config=config)
-    else:
+    elif variant.startswith("if"):
         def fn(x, v0, tau):
             return sn.integrate_fire(x, v0, v_reset=None, surrogate=Tanh(),
                                      backend="pallas")
+    elif variant.startswith("plif"):
+        def fn(x, v0, w):
+            return sn.plif(x, v0, w=w, v_reset=None, surrogate=sg.Arctan(), backend="pallas")
+    else:
+        def fn(x, v0, tau):
+            s, (v, a) = sn.alif(x, v0, tau=tau, backend="pallas", config=config)
+            return s, v + a
 
     def fwd_bwd(x, v0, tau):
         (s, v), pullback = jax.vjp(fn, x, v0, tau)

@@ -420,7 +420,7 @@ class PLIF(_Neuron):
         _check_bool(decay_input, "decay_input")
         _check_bool(detach_reset, "detach_reset")
         if isinstance(init_tau, (int, float)) and not isinstance(init_tau, bool):
-            self.w = -math.log(init_tau - 1.0)
+            self.w = 0.0 - math.log(init_tau - 1.0)  # 0.0, not -0.0, for tau = 2
         else:
             tau = engine.real_array(init_tau, "init_tau")
             self.w = -jnp.log(tau.astype(jnp.promote_types(tau.dtype, jnp.float32)) - 1.0)
