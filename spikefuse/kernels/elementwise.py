@@ -73,7 +73,7 @@ class ElementwiseConfig:
 
 
 def default_config(n: int, dtype) -> ElementwiseConfig:
-    """The heuristic launch configuration for `n` elements of `dtype`.
+    """The heuristic launch configuration for ``n`` elements of ``dtype``.
 
     Each thread moves 32 bytes per operand (two 16-byte vector accesses) with 4 warps: 1024
     f32, 2048 bf16/f16 or 512 f64 elements per program. Arrays smaller than that get one
@@ -86,18 +86,18 @@ def default_config(n: int, dtype) -> ElementwiseConfig:
 
 
 def heaviside(x, thr, *, interpret: bool, config: ElementwiseConfig | None = None) -> jax.Array:
-    """H(x - thr): 1 where x - thr >= 0, else 0 (NaN gives 0), in one pass.
+    """``H(x - thr)``: 1 where ``x - thr >= 0``, else 0 (NaN gives 0), in one pass.
 
     x - thr is computed and compared in the compute dtype (f32 for bf16/f16 inputs).
 
     Args:
         x: floating array, any shape.
-        thr: array broadcastable to `x.shape`; 0-d typical, per-element allowed.
+        thr: array broadcastable to ``x.shape``; 0-d typical, per-element allowed.
         interpret: run the kernel in Pallas interpret mode (CPU) instead of Triton.
-        config: launch configuration; `default_config(x.size, x.dtype)` when None.
+        config: launch configuration; ``default_config(x.size, x.dtype)`` when None.
 
     Returns:
-        An array of `x.shape` and `x.dtype` holding 0 and 1.
+        An array of ``x.shape`` and ``x.dtype`` holding 0 and 1.
 
     Example:
         >>> heaviside(jnp.array([-1.0, 0.0, 2.0, jnp.nan]), 0.0, interpret=True)
@@ -110,21 +110,21 @@ def heaviside(x, thr, *, interpret: bool, config: ElementwiseConfig | None = Non
 
 def grad_mul(x, thr, t, params: tuple, grad_fn: Callable, *, interpret: bool,
              config: ElementwiseConfig | None = None) -> jax.Array:
-    """t * grad_fn(x - thr, *params) elementwise, in one pass.
+    """``t * grad_fn(x - thr, *params)`` elementwise, in one pass.
 
     Args:
         x: floating array, any shape.
-        thr: array broadcastable to `x.shape`.
-        t: floating array of `x.shape` (the cotangent).
-        params: tuple of arrays broadcastable to `x.shape` (0-d scalars typical).
-        grad_fn: a static Python callable of jnp ops, `grad_fn(d, *params)`; it is traced
-            inside the kernel body with `d` and `params` in the compute dtype (f32 for
+        thr: array broadcastable to ``x.shape``.
+        t: floating array of ``x.shape`` (the cotangent).
+        params: tuple of arrays broadcastable to ``x.shape`` (0-d scalars typical).
+        grad_fn: a static Python callable of jnp ops, ``grad_fn(d, *params)``; it is traced
+            inside the kernel body with ``d`` and ``params`` in the compute dtype (f32 for
             bf16/f16 inputs), so it may only use ops the Triton lowering accepts.
         interpret: run the kernel in Pallas interpret mode (CPU) instead of Triton.
-        config: launch configuration; `default_config(x.size, x.dtype)` when None.
+        config: launch configuration; ``default_config(x.size, x.dtype)`` when None.
 
     Returns:
-        An array of `x.shape` and `t.dtype`.
+        An array of ``x.shape`` and ``t.dtype``.
 
     Example:
         >>> rect = lambda d, w: jnp.where(jnp.abs(d) < w / 2, 1 / w, 0.0)
@@ -176,7 +176,7 @@ def _launch(x, thr, t, params, grad_fn, out_dtype, interpret, config):
 
 
 def _flat_operand(a, shape: Sequence[int], compute_dtype, name: str) -> tuple[jax.Array, bool]:
-    """(`a` as [1], True) for one element, cast now as it is tiny; else (`a` as [n], False),
+    """(``a`` as [1], True) for one element, cast now as it is tiny; else (``a`` as [n], False),
     kept in its dtype and cast in the kernel."""
     a, shape = jnp.asarray(a), tuple(shape)
     try:
@@ -194,7 +194,7 @@ def _flat_operand(a, shape: Sequence[int], compute_dtype, name: str) -> tuple[ja
 
 
 def _chunks(n: int, block_size: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges of at most `_INDEX_LIMIT - block_size` elements covering [0, n).
+    """[start, stop) ranges of at most ``_INDEX_LIMIT - block_size`` elements covering [0, n).
 
     With chunk <= _INDEX_LIMIT - block_size, the largest in-kernel index,
     cdiv(chunk, block_size) * block_size - 1, stays below _INDEX_LIMIT (int32 for 2**31).
