@@ -69,20 +69,32 @@ def test_docstring_output_is_compared(tmp_path, monkeypatch, printed, passes):
             _evaluate(runner.docstring_examples, module)
 
 
+def _opening_fences(text: str):
+    """(line number, language) of every fenced code block's opening line."""
+    inside = None  # the closing fence we wait for
+    for number, line in enumerate(text.splitlines(), 1):
+        match = re.match(r"\s*(`{3,}|~{3,})[ \t]*(.*)$", line)
+        if not match:
+            continue
+        if inside is None:
+            inside = match.group(1)
+            info = match.group(2).split()
+            language = info[0] if info else ""
+            if language.strip("{}") in ("code-block", "code", "sourcecode"):
+                language = info[1] if len(info) > 1 else ""
+            yield number, language.lower()
+        elif match.group(1).startswith(inside) and not match.group(2).strip():
+            inside = None
+
+
 def test_every_python_block_is_fenced_as_python():
     # Sybil runs blocks whose language is exactly "python"; anything else is only shown.
-    fence = re.compile(r"^\s*```+\s*\{?([\w-]*)\}?\s*(\S*)", re.M)
     python_like = {"py", "pycon", "python3", "ipython", "ipython3", "pytb"}
-    wrong = []
-    for path in DOCUMENTS:
-        for match in fence.finditer(path.read_text(encoding="utf-8")):
-            language = match.group(1).lower()
-            if language in ("code-block", "code", "sourcecode"):
-                language = match.group(2).lower()
-            if language in python_like:
-                line = path.read_text(encoding="utf-8")[:match.start()].count("\n") + 1
-                wrong.append(f"{path.relative_to(ROOT)}:{line}: ```{language}")
-    assert not wrong, "fence these as ```python so they run:\n" + "\n".join(wrong)
+    wrong = [f"{path.relative_to(ROOT)}:{line}: {language}"
+             for path in DOCUMENTS
+             for line, language in _opening_fences(path.read_text(encoding="utf-8"))
+             if language in python_like]
+    assert not wrong, "fence these as python so they run:\n" + "\n".join(wrong)
 
 
 def test_skip_marks_are_few_and_spelled_one_way():
