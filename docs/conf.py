@@ -14,8 +14,9 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the docs need no accelerator
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ext"))
 
-import spikefuse  # noqa: E402  (after the path set-up above)
-from spikefuse_docs import EXTERNAL  # noqa: E402
+from spikefuse_docs import EXTERNAL
+
+import spikefuse
 
 project = "spikefuse"
 author = "spikefuse developers"

@@ -33,12 +33,14 @@ from sphinx.errors import ExtensionError
 from sphinx.pycode import ModuleAnalyzer
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
+from sphinx.util.typing import stringify_annotation
 
 logger = logging.getLogger(__name__)
 
 API_MODULES = ("spikefuse", "spikefuse.surrogate", "spikefuse.neurons", "spikefuse.kernels")
 # Reference targets outside spikefuse: left unresolved (no network for intersphinx in CI).
-EXTERNAL = r"(jax|jaxlib|numpy|np|jnp|ml_dtypes|matplotlib|argparse|os|contextlib|collections|typing|types|numbers)(\..+)?"
+EXTERNAL = (r"(jax|jaxlib|numpy|np|jnp|ml_dtypes|matplotlib|argparse|os|contextlib|collections"
+            r"|typing|types|numbers)(\..+)?")
 # README-relative link targets and what they are on the site (docs-relative).
 README_LINKS = {
     "bench/RESULTS.md": "benchmarks.md",
@@ -140,9 +142,9 @@ class PublicApi(SphinxDirective):
                               f"{module_name})")
                 lines += [f".. autodata:: {path}", ""]
         if submodules:
-            lines += [".. rubric:: Modules", ""] + submodules + [""]
+            lines += [".. rubric:: Modules", "", *submodules, ""]
         if elsewhere:
-            lines += [".. rubric:: Also exported here", ""] + elsewhere + [""]
+            lines += [".. rubric:: Also exported here", "", *elsewhere, ""]
         container = nodes.container()
         self.state.nested_parse(StringList(lines, source=f"<public-api {module_name}>"),
                                 self.content_offset, container)
@@ -185,6 +187,26 @@ def _resolve_alias(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any:
     return None
 
 
+def _short_type_names(app: Sphinx, what: str, name: str, obj: Any, options: Any,
+                      signature: str | None, return_annotation: str | None
+                      ) -> tuple[str | None, str | None]:
+    """Writes jax's public type names in signatures: ``ArrayLike`` rather than the union it
+    stands for, ``jax.Array`` rather than its private home module (which varies by jax)."""
+    import jax.typing
+
+    names = {"jax.typing.ArrayLike": jax.typing.ArrayLike,
+             "jax.typing.DTypeLike": jax.typing.DTypeLike, "jax.Array": jax.Array}
+    table = sorted(((stringify_annotation(t, "smart"), "~" + n) for n, t in names.items()),
+                   key=lambda pair: -len(pair[0]))
+
+    def short(text: str | None) -> str | None:
+        for long, public in table if text else ():
+            text = text.replace(long, public)  # type: ignore[union-attr]
+        return text
+
+    return short(signature), short(return_annotation)
+
+
 def _skip_inherited_doc(app: Sphinx, what: str, name: str, obj: Any, skip: bool,
                         options: Any) -> bool | None:
     # A shape's surrogate_grad/surrogate_fun inherit their docstring from Surrogate, where
@@ -195,7 +217,25 @@ def _skip_inherited_doc(app: Sphinx, what: str, name: str, obj: Any, skip: bool,
 
 
 # -- the shapes table ------------------------------------------------------------------------
-_MATH = re.compile(r"^\s*\.\. math::\s*(.+)$", re.M)
+def _math(doc: str) -> str | None:
+    """The first ``.. math::`` of a docstring: its argument, or its content lines joined."""
+    lines = doc.expandtabs().splitlines()
+    for i, line in enumerate(lines):
+        head, sep, argument = line.partition(".. math::")
+        if not sep or head.strip():
+            continue
+        parts = [argument.strip()] if argument.strip() else []
+        indent = len(head)
+        for body in lines[i + 1:]:
+            if not body.strip():
+                if parts:
+                    break
+                continue
+            if len(body) - len(body.lstrip()) <= indent:
+                break
+            parts.append(body.strip())
+        return " ".join(parts) or None
+    return None
 
 
 class SurrogateShapes(SphinxDirective):
@@ -207,8 +247,8 @@ class SurrogateShapes(SphinxDirective):
         self.env.note_dependency(inspect.getfile(registry))
         rows = []
         for spec in registry.SHAPES:
-            match = _MATH.search(spec.cls.__doc__ or "")
-            if match is None:
+            formula = _math(spec.cls.__doc__ or "")
+            if formula is None:
                 logger.warning("%s's docstring has no '.. math::' line with its g'",
                                spec.name, location=(self.env.docname, self.lineno))
                 continue
@@ -216,7 +256,7 @@ class SurrogateShapes(SphinxDirective):
             rows += [f"   * - :class:`~spikefuse.surrogate.{spec.name}`",
                      "",
                      f"       :func:`~spikefuse.surrogate.{spec.functional.__name__}`",
-                     f"     - :math:`{match.group(1).strip()}`",
+                     f"     - :math:`{formula}`",
                      f"     - ``{params}``"]
         lines = [".. list-table::", "   :header-rows: 1", "   :widths: 20 60 20", "",
                  "   * - class, functional", "     - g′(x), and g(x) where the shape defines it",
@@ -283,6 +323,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("source-read", _include_readme_sections)
     app.connect("missing-reference", _resolve_alias)
     app.connect("autodoc-skip-member", _skip_inherited_doc)
+    app.connect("autodoc-process-signature", _short_type_names)
     app.connect("env-purge-doc", _purge_api_page)
     app.connect("env-check-consistency", _check_all_modules_documented)
     # Serial reads only: the public-api pages are noted in the environment without a merge.
