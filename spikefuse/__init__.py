@@ -8,8 +8,8 @@
 """
 
 from spikefuse import neurons, surrogate
+from spikefuse.kernels import dispatch as _dispatch
 from spikefuse.kernels.dispatch import (
-    BACKENDS,
     BackendUnavailableError,
     get_backend,
     set_backend,
@@ -17,7 +17,12 @@ from spikefuse.kernels.dispatch import (
 )
 from spikefuse.surrogate._spike import fire
 
+#: The version of this package; the single source of truth (``pyproject.toml`` reads it).
 __version__ = "0.1.0"
+
+#: The backend names every ``backend=`` argument, ``set_backend``, ``use_backend`` and the
+#: ``SPIKEFUSE_BACKEND`` environment variable accept.
+BACKENDS: tuple[str, ...] = _dispatch.BACKENDS
 
 __all__ = [
     "BACKENDS",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,15 +24,18 @@ from spikefuse.plot import add_plot_parser
 from spikefuse.surrogate import registry
 
 
-def _time(fn, *args) -> float:
+def _time(fn: Callable[..., object], *args: object) -> float:
     """Median seconds per call (the benchmark harness's timing: bursts of calls)."""
     return time_fn(fn, args, samples=20, min_sample_s=0.01)[0]
 
 
 def demo(size: int) -> None:
+    """Prints the tour: the backend here, each shape at a few points, a fire timing."""
     device = jax.devices()[0]
-    print(f"spikefuse {spikefuse.__version__} | jax {jax.__version__} | device: {device.device_kind} ({jax.default_backend()})")
-    print(f"backend: configured {dispatch.get_backend()!r} -> resolves to {dispatch.resolve()!r} here\n")
+    print(f"spikefuse {spikefuse.__version__} | jax {jax.__version__} | "
+          f"device: {device.device_kind} ({jax.default_backend()})")
+    print(f"backend: configured {dispatch.get_backend()!r} -> "
+          f"resolves to {dispatch.resolve()!r} here\n")
 
     xs = jnp.array([-1.0, -0.5, 0.0, 0.5, 1.0])
     print(f"{'shape':<24} {'H(x) at x = -1, -0.5, 0, 0.5, 1':<34} dH/dx (surrogate g')")
@@ -39,36 +43,43 @@ def demo(size: int) -> None:
         s = spec.cls()
         h = np.asarray(s(xs))
         g = np.asarray(jax.vmap(jax.grad(s))(xs))
-        print(f"{spec.name:<24} {str(h.astype(int)):<34} {np.array2string(g, precision=4, floatmode='fixed')}")
+        g_text = np.array2string(g, precision=4, floatmode="fixed")
+        print(f"{spec.name:<24} {h.astype(int)!s:<34} {g_text}")
 
     key_v, key_ct = jax.random.split(jax.random.PRNGKey(0))
     v = jax.random.normal(key_v, (size,), jnp.float32)
     ct = jax.random.normal(key_ct, (size,), jnp.float32)
     surrogate = spikefuse.surrogate.Sigmoid()
 
-    def fwd_bwd(backend):
-        def f(v, ct):
+    def fwd_bwd(backend: str) -> Callable[..., object]:
+        def f(v: jax.Array, ct: jax.Array) -> tuple[jax.Array, jax.Array]:
             out, vjp = jax.vjp(lambda v: spikefuse.fire(v, 0.5, surrogate, backend=backend), v)
             return out, vjp(ct)[0]
 
         return jax.jit(f)
 
     label = "CPU" if jax.default_backend() == "cpu" else device.device_kind
-    print(f"\nfire(v, 0.5, Sigmoid()) forward+backward on {size:,} f32 elements ({label}, median of 20):")
+    print(f"\nfire(v, 0.5, Sigmoid()) forward+backward on {size:,} f32 elements "
+          f"({label}, median of 20):")
     ref = _time(fwd_bwd("reference"), v, ct)
-    print(f"  reference (XLA): {ref * 1e3:8.3f} ms  {5 * 4 * size / ref / 1e9:7.1f} GB/s (20 B/element)")
+    print(f"  reference (XLA): {ref * 1e3:8.3f} ms  "
+          f"{5 * 4 * size / ref / 1e9:7.1f} GB/s (20 B/element)")
     if dispatch.resolve() == "pallas":
         pal = _time(fwd_bwd("pallas"), v, ct)
         print(f"  pallas         : {pal * 1e3:8.3f} ms  ({ref / pal:.2f}x the reference)")
     else:
-        print("  pallas         : needs a GPU (CPU runs the reference; tests check the kernels in interpret mode)")
+        print("  pallas         : needs a GPU "
+              "(CPU runs the reference; tests check the kernels in interpret mode)")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spikefuse", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``demo`` (default), ``bench`` or ``plot``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m spikefuse",
+                                     description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="the short tour (default)")
-    p_demo.add_argument("--size", type=int, default=1 << 20, help="elements in the timing (default 2^20)")
+    p_demo.add_argument("--size", type=int, default=1 << 20,
+                        help="elements in the timing (default 2^20)")
     add_bench_parser(sub)
     add_plot_parser(sub)
     args = parser.parse_args(argv)

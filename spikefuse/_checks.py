@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-def real_array(value, name: str, *, integers: str = "keep"):
+def real_array(value: Any, name: str, *,
+               integers: Literal["keep", "float", "reject"] = "keep") -> jax.Array:
     """``value`` as a real array, or a ``TypeError`` naming ``name``.
 
     Strings, bools and complex numbers are refused. ``integers``: ``"keep"`` them,
@@ -22,7 +27,8 @@ def real_array(value, name: str, *, integers: str = "keep"):
         raise TypeError(
             f"{name} must be a real number or array, got {type(value).__name__}: {err}"
         ) from None
-    expected = "a real floating array" if integers == "reject" else "a real floating or integer array"
+    expected = ("a real floating array" if integers == "reject"
+                else "a real floating or integer array")
     if arr.dtype == jnp.bool_:
         raise TypeError(f"{name} must be {expected}, got dtype bool")
     if jnp.issubdtype(arr.dtype, jnp.complexfloating):
@@ -37,7 +43,8 @@ def real_array(value, name: str, *, integers: str = "keep"):
     return arr
 
 
-def check_broadcast(shape, target, what: str, target_desc: str = "the input's shape") -> None:
+def check_broadcast(shape: Sequence[int], target: Sequence[int], what: str,
+                    target_desc: str = "the input's shape") -> None:
     """``ValueError`` unless ``shape`` broadcasts to ``target`` without enlarging it."""
     shape, target = tuple(shape), tuple(target)
     try:

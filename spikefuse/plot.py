@@ -14,6 +14,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,10 +22,14 @@ from spikefuse.surrogate import registry
 
 __all__ = ["add_plot_parser", "plot_shapes", "run_plot"]
 
+if TYPE_CHECKING:  # matplotlib is optional (the plot extra): imported when a plot is drawn
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
 _INSTALL_HINT = 'plotting needs matplotlib: pip install "spikefuse[plot]"'
 
 
-def _matplotlib():
+def _matplotlib() -> tuple[type[Figure], type[FigureCanvasAgg]]:
     """The Figure class and the Agg canvas, or an ImportError that says what to install."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -116,7 +121,8 @@ def plot_shapes(names: Sequence[str] | None = None, out: str | os.PathLike = "sh
     return os.fspath(out)
 
 
-def add_plot_parser(subparsers) -> argparse.ArgumentParser:
+def add_plot_parser(
+        subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Adds the ``plot`` subcommand to an argparse ``subparsers``; its handler is ``run_plot``
     (stored as the ``handler`` default)."""
     p = subparsers.add_parser(

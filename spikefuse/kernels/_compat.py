@@ -2,6 +2,7 @@
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 
 # jax >= 0.11 warns (deprecation id "jax-pallas-triton") each time a `pallas_call` is lowered
 # through Triton; jax 0.10.2 does not. The text is matched from its start, so only this one
@@ -10,7 +11,7 @@ TRITON_DEPRECATION_MESSAGE = r"The Pallas Triton backend is deprecated"
 
 
 @contextlib.contextmanager
-def silence_triton_deprecation():
+def silence_triton_deprecation() -> Iterator[None]:
     """Ignores jax's Pallas-Triton `DeprecationWarning`, and only it, inside the block.
 
     The warning is raised when a `pallas_call` is *lowered*, not when it is traced, so wrap

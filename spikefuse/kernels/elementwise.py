@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
+from jax.typing import ArrayLike, DTypeLike
 
 from spikefuse.kernels.sharding import check_interpret, match_varying, out_struct
 
@@ -62,7 +63,7 @@ class ElementwiseConfig:
     num_warps: int
     num_stages: int
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not (_is_power_of_two(self.block_size) and self.block_size <= _MAX_BLOCK):
             raise ValueError(
                 f"block_size must be a power of two <= {_MAX_BLOCK}, got {self.block_size}")
@@ -72,8 +73,8 @@ class ElementwiseConfig:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
 
 
-def default_config(n: int, dtype) -> ElementwiseConfig:
-    """The heuristic launch configuration for `n` elements of `dtype`.
+def default_config(n: int, dtype: DTypeLike) -> ElementwiseConfig:
+    """The heuristic launch configuration for ``n`` elements of ``dtype``.
 
     Each thread moves 32 bytes per operand (two 16-byte vector accesses) with 4 warps: 1024
     f32, 2048 bf16/f16 or 512 f64 elements per program. Arrays smaller than that get one
@@ -85,19 +86,20 @@ def default_config(n: int, dtype) -> ElementwiseConfig:
     return ElementwiseConfig(block_size=block_size, num_warps=num_warps, num_stages=1)
 
 
-def heaviside(x, thr, *, interpret: bool, config: ElementwiseConfig | None = None) -> jax.Array:
-    """H(x - thr): 1 where x - thr >= 0, else 0 (NaN gives 0), in one pass.
+def heaviside(x: ArrayLike, thr: ArrayLike, *, interpret: bool,
+              config: ElementwiseConfig | None = None) -> jax.Array:
+    """``H(x - thr)``: 1 where ``x - thr >= 0``, else 0 (NaN gives 0), in one pass.
 
     x - thr is computed and compared in the compute dtype (f32 for bf16/f16 inputs).
 
     Args:
         x: floating array, any shape.
-        thr: array broadcastable to `x.shape`; 0-d typical, per-element allowed.
+        thr: array broadcastable to ``x.shape``; 0-d typical, per-element allowed.
         interpret: run the kernel in Pallas interpret mode (CPU) instead of Triton.
-        config: launch configuration; `default_config(x.size, x.dtype)` when None.
+        config: launch configuration; ``default_config(x.size, x.dtype)`` when None.
 
     Returns:
-        An array of `x.shape` and `x.dtype` holding 0 and 1.
+        An array of ``x.shape`` and ``x.dtype`` holding 0 and 1.
 
     Example:
         >>> heaviside(jnp.array([-1.0, 0.0, 2.0, jnp.nan]), 0.0, interpret=True)
@@ -108,23 +110,24 @@ def heaviside(x, thr, *, interpret: bool, config: ElementwiseConfig | None = Non
     return _launch(x, thr, None, (), None, x.dtype, interpret, config)
 
 
-def grad_mul(x, thr, t, params: tuple, grad_fn: Callable, *, interpret: bool,
+def grad_mul(x: ArrayLike, thr: ArrayLike, t: ArrayLike, params: tuple[ArrayLike, ...],
+             grad_fn: Callable[..., jax.Array], *, interpret: bool,
              config: ElementwiseConfig | None = None) -> jax.Array:
-    """t * grad_fn(x - thr, *params) elementwise, in one pass.
+    """``t * grad_fn(x - thr, *params)`` elementwise, in one pass.
 
     Args:
         x: floating array, any shape.
-        thr: array broadcastable to `x.shape`.
-        t: floating array of `x.shape` (the cotangent).
-        params: tuple of arrays broadcastable to `x.shape` (0-d scalars typical).
-        grad_fn: a static Python callable of jnp ops, `grad_fn(d, *params)`; it is traced
-            inside the kernel body with `d` and `params` in the compute dtype (f32 for
+        thr: array broadcastable to ``x.shape``.
+        t: floating array of ``x.shape`` (the cotangent).
+        params: tuple of arrays broadcastable to ``x.shape`` (0-d scalars typical).
+        grad_fn: a static Python callable of jnp ops, ``grad_fn(d, *params)``; it is traced
+            inside the kernel body with ``d`` and ``params`` in the compute dtype (f32 for
             bf16/f16 inputs), so it may only use ops the Triton lowering accepts.
         interpret: run the kernel in Pallas interpret mode (CPU) instead of Triton.
-        config: launch configuration; `default_config(x.size, x.dtype)` when None.
+        config: launch configuration; ``default_config(x.size, x.dtype)`` when None.
 
     Returns:
-        An array of `x.shape` and `t.dtype`.
+        An array of ``x.shape`` and ``t.dtype``.
 
     Example:
         >>> rect = lambda d, w: jnp.where(jnp.abs(d) < w / 2, 1 / w, 0.0)
@@ -140,7 +143,7 @@ def grad_mul(x, thr, t, params: tuple, grad_fn: Callable, *, interpret: bool,
     return _launch(x, thr, t, tuple(params), grad_fn, t.dtype, interpret, config)
 
 
-def _check_float(name: str, dtype) -> None:
+def _check_float(name: str, dtype: DTypeLike) -> None:
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{name} must have a floating dtype, got {dtype}")
 
@@ -175,8 +178,9 @@ def _launch(x, thr, t, params, grad_fn, out_dtype, interpret, config):
     return out.reshape(x.shape)
 
 
-def _flat_operand(a, shape: Sequence[int], compute_dtype, name: str) -> tuple[jax.Array, bool]:
-    """(`a` as [1], True) for one element, cast now as it is tiny; else (`a` as [n], False),
+def _flat_operand(a: ArrayLike, shape: Sequence[int], compute_dtype: DTypeLike,
+                  name: str) -> tuple[jax.Array, bool]:
+    """(``a`` as [1], True) for one element, cast now as it is tiny; else (``a`` as [n], False),
     kept in its dtype and cast in the kernel."""
     a, shape = jnp.asarray(a), tuple(shape)
     try:
@@ -194,7 +198,7 @@ def _flat_operand(a, shape: Sequence[int], compute_dtype, name: str) -> tuple[ja
 
 
 def _chunks(n: int, block_size: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges of at most `_INDEX_LIMIT - block_size` elements covering [0, n).
+    """[start, stop) ranges of at most ``_INDEX_LIMIT - block_size`` elements covering [0, n).
 
     With chunk <= _INDEX_LIMIT - block_size, the largest in-kernel index,
     cdiv(chunk, block_size) * block_size - 1, stays below _INDEX_LIMIT (int32 for 2**31).

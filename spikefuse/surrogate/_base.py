@@ -15,22 +15,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import numbers
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeGuard
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from spikefuse._checks import real_array
 
 __all__ = ["Surrogate", "check_surrogate", "grad_fn"]
 
 
-def _is_traced_or_array(v) -> bool:
+def _is_traced_or_array(v: object) -> TypeGuard[jax.Array | np.ndarray | np.generic]:
     return isinstance(v, (jax.Array, np.ndarray, np.generic))
 
 
-def _is_numeric_leaf(v) -> bool:
+def _is_numeric_leaf(v: object) -> bool:
     """Default leaf rule for user subclasses: floats and numeric arrays are traced."""
     if isinstance(v, (bool, np.bool_)):
         return False
@@ -48,24 +50,24 @@ class _Static:
 
     __slots__ = ("value",)
 
-    def __init__(self, value):
+    def __init__(self, value: Any) -> None:
         self.value = value
 
-    def _key(self):
+    def _key(self) -> tuple[bool, Any]:
         try:
             hash(self.value)
             return (True, self.value)
         except TypeError:
             return (False, id(self.value))
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, _Static) and self._key() == other._key()
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash(self._key())
 
 
-def _value_equal(a, b) -> bool:
+def _value_equal(a: Any, b: Any) -> bool:
     if a is b:
         return True
     if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
@@ -83,7 +85,7 @@ def _value_equal(a, b) -> bool:
         return False
 
 
-def _value_hash(v) -> int:
+def _value_hash(v: Any) -> int:
     # Equal values must hash equal, and hashing must never raise: scalars (Python, numpy
     # or 0-d arrays) hash as their Python value, other arrays by shape only.
     if isinstance(v, jax.core.Tracer):
@@ -130,38 +132,39 @@ class Surrogate:
     _param_fields: ClassVar[tuple[str, ...] | None] = None
     _repr_fields: ClassVar[tuple[str, ...] | None] = None
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         jax.tree_util.register_pytree_with_keys(
             cls, cls._tree_flatten_with_keys, cls._tree_unflatten, cls._tree_flatten
         )
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass
 
     # -- the maths ----------------------------------------------------------------------
-    def surrogate_grad(self, x) -> jax.Array:
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         """g′(x), the derivative used for dH/dx."""
         raise NotImplementedError(
             f"{type(self).__name__} does not implement surrogate_grad(x); a Surrogate "
             "subclass must define it."
         )
 
-    def surrogate_fun(self, x) -> jax.Array:
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         """g(x), the smooth function whose derivative is g′ (plotting and analysis only)."""
         raise NotImplementedError(f"{type(self).__name__} defines no surrogate_fun (g); only g′.")
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> jax.Array:
         """Heaviside spike of ``x`` with surrogate gradient ``surrogate_grad``."""
         from spikefuse.surrogate._spike import spike
 
         return spike(x, self)
 
     # -- pytree -------------------------------------------------------------------------
-    def _split_fields(self):
+    def _split_fields(self) -> tuple[list[str], list[str]]:
         fields = vars(self)
         declared = type(self)._param_fields
-        leaves, static = [], []
+        leaves: list[str] = []
+        static: list[str] = []
         for name, value in fields.items():
             if name in type(self).static_fields:
                 static.append(name)
@@ -173,7 +176,7 @@ class Surrogate:
                 static.append(name)
         return leaves, static
 
-    def _tree_flatten(self):
+    def _tree_flatten(self) -> tuple[list[Any], tuple[Any, ...]]:
         leaf_names, static_names = self._split_fields()
         fields = vars(self)
         aux = (
@@ -183,13 +186,13 @@ class Surrogate:
         )
         return [fields[n] for n in leaf_names], aux
 
-    def _tree_flatten_with_keys(self):
+    def _tree_flatten_with_keys(self) -> tuple[list[tuple[Any, Any]], tuple[Any, ...]]:
         leaves, aux = self._tree_flatten()
         keys = [jax.tree_util.GetAttrKey(n) for n in aux[0]]
         return list(zip(keys, leaves)), aux
 
     @classmethod
-    def _tree_unflatten(cls, aux, leaves):
+    def _tree_unflatten(cls, aux: tuple[Any, ...], leaves: Any) -> Surrogate:
         leaf_names, static_items, order = aux
         values = dict(zip(leaf_names, leaves))
         values.update((n, s.value) for n, s in static_items)
@@ -198,7 +201,7 @@ class Surrogate:
         return obj
 
     # -- object protocol ----------------------------------------------------------------
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if type(self) is not type(other):
             return NotImplemented
         mine, theirs = vars(self), vars(other)
@@ -206,10 +209,10 @@ class Surrogate:
             _value_equal(v, theirs[k]) for k, v in mine.items()
         )
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((type(self), tuple((k, _value_hash(v)) for k, v in vars(self).items())))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fields = vars(self)
         names = type(self)._repr_fields or tuple(fields)
         args = ", ".join(f"{n}={fields[n]}" for n in names if n in fields)
@@ -221,12 +224,13 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 
-def check_surrogate(surrogate) -> Surrogate:
+def check_surrogate(surrogate: object) -> Surrogate:
     """``surrogate`` itself if it can be used: a ``Surrogate`` instance (else ``TypeError``)
     whose class implements ``surrogate_grad`` (else ``NotImplementedError``)."""
     if not isinstance(surrogate, Surrogate):
         raise TypeError(
-            f"surrogate must be a spikefuse.surrogate.Surrogate instance, got {type(surrogate).__name__}"
+            "surrogate must be a spikefuse.surrogate.Surrogate instance, got "
+            f"{type(surrogate).__name__}"
         )
     if type(surrogate).surrogate_grad is Surrogate.surrogate_grad:
         raise NotImplementedError(
@@ -247,11 +251,11 @@ class _GradFn:
 
     treedef: Any
 
-    def __call__(self, x, *leaves):
+    def __call__(self, x: ArrayLike, *leaves: Any) -> jax.Array:
         return jax.tree_util.tree_unflatten(self.treedef, leaves).surrogate_grad(x)
 
 
-def grad_fn(surrogate: Surrogate):
+def grad_fn(surrogate: Surrogate) -> tuple[Callable[..., jax.Array], tuple[jax.Array, ...]]:
     """Splits ``surrogate`` into ``(fn, params)`` with ``fn(x, *params) == g′(x)``.
 
     ``fn`` is hashable (a static argument); ``params`` is the tuple of numeric parameters

@@ -8,8 +8,12 @@ values at construction, and delegates its maths to ``formulas.py``. Each functio
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
+from typing import Any
 
+import jax
 import numpy as np
+from jax.typing import ArrayLike
 
 from spikefuse.surrogate import formulas as F
 from spikefuse.surrogate._base import Surrogate
@@ -54,7 +58,7 @@ __all__ = [
 ]
 
 
-def _check(obj, name, ok, allowed):
+def _check(obj: Surrogate, name: str, ok: Callable[[Any], bool], allowed: str) -> None:
     """Rejects an impossible Python/numpy scalar parameter (traced or array values pass)."""
     value = getattr(obj, name)
     if isinstance(value, np.ndarray) and value.ndim == 0:
@@ -84,18 +88,18 @@ class Sigmoid(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 4.0):
+    def __init__(self, alpha: ArrayLike = 4.0) -> None:
         super().__init__()
         self.alpha = alpha
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.sigmoid_grad(x, self.alpha)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.sigmoid_fun(x, self.alpha)
 
 
-def sigmoid(x, alpha: float = 4.0):
+def sigmoid(x: ArrayLike, alpha: ArrayLike = 4.0) -> jax.Array:
     """Spike with the :class:`Sigmoid` surrogate gradient: ``Sigmoid(alpha=alpha)(x)``."""
     return Sigmoid(alpha=alpha)(x)
 
@@ -120,20 +124,21 @@ class PiecewiseQuadratic(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: ArrayLike = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
         _check(self, "alpha", lambda v: v != 0, "a nonzero number (the window is |x| <= 1/alpha)")
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.piecewise_quadratic_grad(x, self.alpha)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.piecewise_quadratic_fun(x, self.alpha)
 
 
-def piecewise_quadratic(x, alpha: float = 1.0):
-    """Spike with the :class:`PiecewiseQuadratic` surrogate gradient: ``PiecewiseQuadratic(alpha=alpha)(x)``."""
+def piecewise_quadratic(x: ArrayLike, alpha: ArrayLike = 1.0) -> jax.Array:
+    """Spike with the :class:`PiecewiseQuadratic` surrogate gradient:
+    ``PiecewiseQuadratic(alpha=alpha)(x)``."""
     return PiecewiseQuadratic(alpha=alpha)(x)
 
 
@@ -157,18 +162,18 @@ class PiecewiseExp(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: ArrayLike = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.piecewise_exp_grad(x, self.alpha)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.piecewise_exp_fun(x, self.alpha)
 
 
-def piecewise_exp(x, alpha: float = 1.0):
+def piecewise_exp(x: ArrayLike, alpha: ArrayLike = 1.0) -> jax.Array:
     """Spike with the :class:`PiecewiseExp` surrogate gradient: ``PiecewiseExp(alpha=alpha)(x)``."""
     return PiecewiseExp(alpha=alpha)(x)
 
@@ -179,7 +184,10 @@ class SoftSign(Surrogate):
     Forward: :math:`H(x) = [x \ge 0]`. Under differentiation we take dH/dx = g′(x) and
     dH/d(parameter) = 0, where
 
-    .. math:: g'(x) = \frac{\alpha}{2(1+|\alpha x|)^2},\quad g(x) = \tfrac12\big(1 + \tfrac{\alpha x}{1+|\alpha x|}\big)
+    .. math::
+
+       g'(x) = \frac{\alpha}{2(1+|\alpha x|)^2},\quad
+       g(x) = \tfrac12\big(1 + \tfrac{\alpha x}{1+|\alpha x|}\big)
 
     Args:
       alpha: default 1.0.
@@ -193,18 +201,18 @@ class SoftSign(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: ArrayLike = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.soft_sign_grad(x, self.alpha)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.soft_sign_fun(x, self.alpha)
 
 
-def soft_sign(x, alpha: float = 1.0):
+def soft_sign(x: ArrayLike, alpha: ArrayLike = 1.0) -> jax.Array:
     """Spike with the :class:`SoftSign` surrogate gradient: ``SoftSign(alpha=alpha)(x)``."""
     return SoftSign(alpha=alpha)(x)
 
@@ -215,7 +223,10 @@ class Arctan(Surrogate):
     Forward: :math:`H(x) = [x \ge 0]`. Under differentiation we take dH/dx = g′(x) and
     dH/d(parameter) = 0, where
 
-    .. math:: g'(x) = \frac{\alpha}{2(1 + (\pi\alpha x/2)^2)},\quad g(x) = \arctan(\pi\alpha x/2)/\pi + \tfrac12
+    .. math::
+
+       g'(x) = \frac{\alpha}{2(1 + (\pi\alpha x/2)^2)},\quad
+       g(x) = \arctan(\pi\alpha x/2)/\pi + \tfrac12
 
     Args:
       alpha: default 1.0.
@@ -229,18 +240,18 @@ class Arctan(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: ArrayLike = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.arctan_grad(x, self.alpha)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.arctan_fun(x, self.alpha)
 
 
-def arctan(x, alpha: float = 1.0):
+def arctan(x: ArrayLike, alpha: ArrayLike = 1.0) -> jax.Array:
     """Spike with the :class:`Arctan` surrogate gradient: ``Arctan(alpha=alpha)(x)``."""
     return Arctan(alpha=alpha)(x)
 
@@ -265,20 +276,21 @@ class NonzeroSignLog(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: ArrayLike = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
         _check(self, "alpha", lambda v: v != 0, "a nonzero number (g' divides by 1/alpha)")
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.nonzero_sign_log_grad(x, self.alpha)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.nonzero_sign_log_fun(x, self.alpha)
 
 
-def nonzero_sign_log(x, alpha: float = 1.0):
-    """Spike with the :class:`NonzeroSignLog` surrogate gradient: ``NonzeroSignLog(alpha=alpha)(x)``."""
+def nonzero_sign_log(x: ArrayLike, alpha: ArrayLike = 1.0) -> jax.Array:
+    """Spike with the :class:`NonzeroSignLog` surrogate gradient:
+    ``NonzeroSignLog(alpha=alpha)(x)``."""
     return NonzeroSignLog(alpha=alpha)(x)
 
 
@@ -288,7 +300,10 @@ class ERF(Surrogate):
     Forward: :math:`H(x) = [x \ge 0]`. Under differentiation we take dH/dx = g′(x) and
     dH/d(parameter) = 0, where
 
-    .. math:: g'(x) = \frac{\alpha}{\sqrt\pi} e^{-\alpha^2x^2},\quad g(x) = \tfrac12\,\mathrm{erfc}(-\alpha x)
+    .. math::
+
+       g'(x) = \frac{\alpha}{\sqrt\pi} e^{-\alpha^2x^2},\quad
+       g(x) = \tfrac12\,\mathrm{erfc}(-\alpha x)
 
     Args:
       alpha: default 1.0.
@@ -302,18 +317,18 @@ class ERF(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: ArrayLike = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.erf_grad(x, self.alpha)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.erf_fun(x, self.alpha)
 
 
-def erf(x, alpha: float = 1.0):
+def erf(x: ArrayLike, alpha: ArrayLike = 1.0) -> jax.Array:
     """Spike with the :class:`ERF` surrogate gradient: ``ERF(alpha=alpha)(x)``."""
     return ERF(alpha=alpha)(x)
 
@@ -339,21 +354,22 @@ class PiecewiseLeakyRelu(Surrogate):
 
     _param_fields = ('c', 'w')
 
-    def __init__(self, c: float = 0.01, w: float = 1.0):
+    def __init__(self, c: ArrayLike = 0.01, w: ArrayLike = 1.0) -> None:
         super().__init__()
         self.c = c
         self.w = w
         _check(self, "w", lambda v: v != 0, "a nonzero number (g' is 1/(2w) inside the window)")
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.piecewise_leaky_relu_grad(x, self.c, self.w)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.piecewise_leaky_relu_fun(x, self.c, self.w)
 
 
-def piecewise_leaky_relu(x, c: float = 0.01, w: float = 1.0):
-    """Spike with the :class:`PiecewiseLeakyRelu` surrogate gradient: ``PiecewiseLeakyRelu(c=c, w=w)(x)``."""
+def piecewise_leaky_relu(x: ArrayLike, c: ArrayLike = 0.01, w: ArrayLike = 1.0) -> jax.Array:
+    """Spike with the :class:`PiecewiseLeakyRelu` surrogate gradient:
+    ``PiecewiseLeakyRelu(c=c, w=w)(x)``."""
     return PiecewiseLeakyRelu(c=c, w=w)(x)
 
 
@@ -378,7 +394,7 @@ class SquarewaveFourierSeries(Surrogate):
 
     _param_fields = ('t_period',)
 
-    def __init__(self, n: int = 2, t_period: float = 8.0):
+    def __init__(self, n: int = 2, t_period: ArrayLike = 8.0) -> None:
         super().__init__()
         self.n = n
         self.t_period = t_period
@@ -390,15 +406,16 @@ class SquarewaveFourierSeries(Surrogate):
         self.n = int(n)
         _check(self, "t_period", lambda v: v != 0, "a nonzero number (omega = 2*pi/t_period)")
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.squarewave_fourier_series_grad(x, self.t_period, n=self.n)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.squarewave_fourier_series_fun(x, self.t_period, n=self.n)
 
 
-def squarewave_fourier_series(x, n: int = 2, t_period: float = 8.0):
-    """Spike with the :class:`SquarewaveFourierSeries` surrogate gradient: ``SquarewaveFourierSeries(n=n, t_period=t_period)(x)``."""
+def squarewave_fourier_series(x: ArrayLike, n: int = 2, t_period: ArrayLike = 8.0) -> jax.Array:
+    """Spike with the :class:`SquarewaveFourierSeries` surrogate gradient:
+    ``SquarewaveFourierSeries(n=n, t_period=t_period)(x)``."""
     return SquarewaveFourierSeries(n=n, t_period=t_period)(x)
 
 
@@ -408,7 +425,10 @@ class S2NN(Surrogate):
     Forward: :math:`H(x) = [x \ge 0]`. Under differentiation we take dH/dx = g′(x) and
     dH/d(parameter) = 0, where
 
-    .. math:: g'(x) = \alpha\sigma(\alpha x)(1-\sigma(\alpha x)) \text{ for } x<0,\ \frac{\beta}{x+1} \text{ for } x \ge 0
+    .. math::
+
+       g'(x) = \alpha\sigma(\alpha x)(1-\sigma(\alpha x)) \text{ for } x<0,
+       \ \frac{\beta}{x+1} \text{ for } x \ge 0
 
     Args:
       alpha: default 4.0.
@@ -424,21 +444,24 @@ class S2NN(Surrogate):
 
     _param_fields = ('alpha', 'beta', 'epsilon')
 
-    def __init__(self, alpha: float = 4.0, beta: float = 1.0, epsilon: float = 1e-8):
+    def __init__(self, alpha: ArrayLike = 4.0, beta: ArrayLike = 1.0,
+                 epsilon: ArrayLike = 1e-8) -> None:
         super().__init__()
         self.alpha = alpha
         self.beta = beta
         self.epsilon = epsilon
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.s2nn_grad(x, self.alpha, self.beta, self.epsilon)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.s2nn_fun(x, self.alpha, self.beta, self.epsilon)
 
 
-def s2nn(x, alpha: float = 4.0, beta: float = 1.0, epsilon: float = 1e-8):
-    """Spike with the :class:`S2NN` surrogate gradient: ``S2NN(alpha=alpha, beta=beta, epsilon=epsilon)(x)``."""
+def s2nn(x: ArrayLike, alpha: ArrayLike = 4.0, beta: ArrayLike = 1.0,
+         epsilon: ArrayLike = 1e-8) -> jax.Array:
+    """Spike with the :class:`S2NN` surrogate gradient:
+    ``S2NN(alpha=alpha, beta=beta, epsilon=epsilon)(x)``."""
     return S2NN(alpha=alpha, beta=beta, epsilon=epsilon)(x)
 
 
@@ -462,19 +485,19 @@ class QPseudoSpike(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 2.0):
+    def __init__(self, alpha: ArrayLike = 2.0) -> None:
         super().__init__()
         self.alpha = alpha
         _check(self, "alpha", lambda v: v != -1, "any number except -1 (g' divides by alpha + 1)")
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.q_pseudo_spike_grad(x, self.alpha)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.q_pseudo_spike_fun(x, self.alpha)
 
 
-def q_pseudo_spike(x, alpha: float = 2.0):
+def q_pseudo_spike(x: ArrayLike, alpha: ArrayLike = 2.0) -> jax.Array:
     """Spike with the :class:`QPseudoSpike` surrogate gradient: ``QPseudoSpike(alpha=alpha)(x)``."""
     return QPseudoSpike(alpha=alpha)(x)
 
@@ -500,20 +523,21 @@ class LeakyRelu(Surrogate):
 
     _param_fields = ('alpha', 'beta')
 
-    def __init__(self, alpha: float = 0.1, beta: float = 1.0):
+    def __init__(self, alpha: ArrayLike = 0.1, beta: ArrayLike = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
         self.beta = beta
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.leaky_relu_grad(x, self.alpha, self.beta)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.leaky_relu_fun(x, self.alpha, self.beta)
 
 
-def leaky_relu(x, alpha: float = 0.1, beta: float = 1.0):
-    """Spike with the :class:`LeakyRelu` surrogate gradient: ``LeakyRelu(alpha=alpha, beta=beta)(x)``."""
+def leaky_relu(x: ArrayLike, alpha: ArrayLike = 0.1, beta: ArrayLike = 1.0) -> jax.Array:
+    """Spike with the :class:`LeakyRelu` surrogate gradient:
+    ``LeakyRelu(alpha=alpha, beta=beta)(x)``."""
     return LeakyRelu(alpha=alpha, beta=beta)(x)
 
 
@@ -537,19 +561,20 @@ class LogTailedRelu(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 0.0):
+    def __init__(self, alpha: ArrayLike = 0.0) -> None:
         super().__init__()
         self.alpha = alpha
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.log_tailed_relu_grad(x, self.alpha)
 
-    def surrogate_fun(self, x):
+    def surrogate_fun(self, x: ArrayLike) -> jax.Array:
         return F.log_tailed_relu_fun(x, self.alpha)
 
 
-def log_tailed_relu(x, alpha: float = 0.0):
-    """Spike with the :class:`LogTailedRelu` surrogate gradient: ``LogTailedRelu(alpha=alpha)(x)``."""
+def log_tailed_relu(x: ArrayLike, alpha: ArrayLike = 0.0) -> jax.Array:
+    """Spike with the :class:`LogTailedRelu` surrogate gradient:
+    ``LogTailedRelu(alpha=alpha)(x)``."""
     return LogTailedRelu(alpha=alpha)(x)
 
 
@@ -576,17 +601,18 @@ class ReluGrad(Surrogate):
 
     _param_fields = ('alpha', 'width')
 
-    def __init__(self, alpha: float = 0.3, width: float = 1.0):
+    def __init__(self, alpha: ArrayLike = 0.3, width: ArrayLike = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
         self.width = width
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.relu_grad_grad(x, self.alpha, self.width)
 
 
-def relu_grad(x, alpha: float = 0.3, width: float = 1.0):
-    """Spike with the :class:`ReluGrad` surrogate gradient: ``ReluGrad(alpha=alpha, width=width)(x)``."""
+def relu_grad(x: ArrayLike, alpha: ArrayLike = 0.3, width: ArrayLike = 1.0) -> jax.Array:
+    """Spike with the :class:`ReluGrad` surrogate gradient:
+    ``ReluGrad(alpha=alpha, width=width)(x)``."""
     return ReluGrad(alpha=alpha, width=width)(x)
 
 
@@ -614,18 +640,20 @@ class GaussianGrad(Surrogate):
     _param_fields = ('sigma', 'alpha')
     _repr_fields = ('alpha', 'sigma')
 
-    def __init__(self, sigma: float = 0.5, alpha: float = 0.5):
+    def __init__(self, sigma: ArrayLike = 0.5, alpha: ArrayLike = 0.5) -> None:
         super().__init__()
         self.sigma = sigma
         self.alpha = alpha
-        _check(self, "sigma", lambda v: v > 0, "a positive number (the Gaussian's standard deviation)")
+        _check(self, "sigma", lambda v: v > 0,
+               "a positive number (the Gaussian's standard deviation)")
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.gaussian_grad_grad(x, self.sigma, self.alpha)
 
 
-def gaussian_grad(x, sigma: float = 0.5, alpha: float = 0.5):
-    """Spike with the :class:`GaussianGrad` surrogate gradient: ``GaussianGrad(sigma=sigma, alpha=alpha)(x)``."""
+def gaussian_grad(x: ArrayLike, sigma: ArrayLike = 0.5, alpha: ArrayLike = 0.5) -> jax.Array:
+    """Spike with the :class:`GaussianGrad` surrogate gradient:
+    ``GaussianGrad(sigma=sigma, alpha=alpha)(x)``."""
     return GaussianGrad(sigma=sigma, alpha=alpha)(x)
 
 
@@ -651,16 +679,17 @@ class InvSquareGrad(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 100.0):
+    def __init__(self, alpha: ArrayLike = 100.0) -> None:
         super().__init__()
         self.alpha = alpha
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.inv_square_grad_grad(x, self.alpha)
 
 
-def inv_square_grad(x, alpha: float = 100.0):
-    """Spike with the :class:`InvSquareGrad` surrogate gradient: ``InvSquareGrad(alpha=alpha)(x)``."""
+def inv_square_grad(x: ArrayLike, alpha: ArrayLike = 100.0) -> jax.Array:
+    """Spike with the :class:`InvSquareGrad` surrogate gradient:
+    ``InvSquareGrad(alpha=alpha)(x)``."""
     return InvSquareGrad(alpha=alpha)(x)
 
 
@@ -670,7 +699,10 @@ class MultiGaussianGrad(Surrogate):
     Forward: :math:`H(x) = [x \ge 0]`. Under differentiation we take dH/dx = g′(x) and
     dH/d(parameter) = 0, where
 
-    .. math:: g'(x) = \mathrm{scale}\,[(1+h)\mathcal N(x;0,\sigma^2) - h\mathcal N(x;\sigma,(s\sigma)^2) - h\mathcal N(x;-\sigma,(s\sigma)^2)]
+    .. math::
+
+       g'(x) = \mathrm{scale}\,[(1+h)\mathcal N(x;0,\sigma^2)
+       - h\mathcal N(x;\sigma,(s\sigma)^2) - h\mathcal N(x;-\sigma,(s\sigma)^2)]
 
     Args:
       h: default 0.15.
@@ -689,21 +721,25 @@ class MultiGaussianGrad(Surrogate):
 
     _param_fields = ('h', 's', 'sigma', 'scale')
 
-    def __init__(self, h: float = 0.15, s: float = 6.0, sigma: float = 0.5, scale: float = 0.5):
+    def __init__(self, h: ArrayLike = 0.15, s: ArrayLike = 6.0, sigma: ArrayLike = 0.5,
+                 scale: ArrayLike = 0.5) -> None:
         super().__init__()
         self.h = h
         self.s = s
         self.sigma = sigma
         self.scale = scale
-        _check(self, "sigma", lambda v: v > 0, "a positive number (the Gaussians' standard deviation)")
+        _check(self, "sigma", lambda v: v > 0,
+               "a positive number (the Gaussians' standard deviation)")
         _check(self, "s", lambda v: v > 0, "a positive number (the side lobes' width factor)")
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.multi_gaussian_grad_grad(x, self.h, self.s, self.sigma, self.scale)
 
 
-def multi_gaussian_grad(x, h: float = 0.15, s: float = 6.0, sigma: float = 0.5, scale: float = 0.5):
-    """Spike with the :class:`MultiGaussianGrad` surrogate gradient: ``MultiGaussianGrad(h=h, s=s, sigma=sigma, scale=scale)(x)``."""
+def multi_gaussian_grad(x: ArrayLike, h: ArrayLike = 0.15, s: ArrayLike = 6.0,
+                        sigma: ArrayLike = 0.5, scale: ArrayLike = 0.5) -> jax.Array:
+    """Spike with the :class:`MultiGaussianGrad` surrogate gradient:
+    ``MultiGaussianGrad(h=h, s=s, sigma=sigma, scale=scale)(x)``."""
     return MultiGaussianGrad(h=h, s=s, sigma=sigma, scale=scale)(x)
 
 
@@ -729,14 +765,14 @@ class SlayerGrad(Surrogate):
 
     _param_fields = ('alpha',)
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: ArrayLike = 1.0) -> None:
         super().__init__()
         self.alpha = alpha
 
-    def surrogate_grad(self, x):
+    def surrogate_grad(self, x: ArrayLike) -> jax.Array:
         return F.slayer_grad_grad(x, self.alpha)
 
 
-def slayer_grad(x, alpha: float = 1.0):
+def slayer_grad(x: ArrayLike, alpha: ArrayLike = 1.0) -> jax.Array:
     """Spike with the :class:`SlayerGrad` surrogate gradient: ``SlayerGrad(alpha=alpha)(x)``."""
     return SlayerGrad(alpha=alpha)(x)

@@ -119,7 +119,8 @@ def nonzero_sign_log_fun(x, alpha):
 
 # 7. ERF ----------------------------------------------------------------------------------
 def erf_grad(x, alpha):
-    # (α/√π)·exp(-α²x²) = (α/√π)·exp(-z²/2) with z = √2·αx: the clipped form stays finite.
+    # (α/√π)·exp(-α²x²) = (α/√π)·exp(-z²/2) with z = √2·αx:
+    # the clipped form stays finite.
     return (alpha / _SQRT_PI) * _std_normal(math.sqrt(2.0) * alpha * x)
 
 
@@ -178,7 +179,8 @@ def s2nn_grad(x, alpha, beta, epsilon):
 
 def s2nn_fun(x, alpha, beta, epsilon):
     x_pos = jnp.where(x < 0, 1.0, x)
-    return jnp.where(x < 0, _logistic(alpha * x), beta * jnp.log(jnp.abs(x_pos + 1.0) + epsilon) + 0.5)
+    return jnp.where(x < 0, _logistic(alpha * x),
+                     beta * jnp.log(jnp.abs(x_pos + 1.0) + epsilon) + 0.5)
 
 
 # 11. QPseudoSpike ------------------------------------------------------------------------

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
+
+import jax
 
 from spikefuse.surrogate import _impl
 from spikefuse.surrogate._base import Surrogate
@@ -16,18 +19,21 @@ from spikefuse.surrogate._base import Surrogate
 
 @dataclasses.dataclass(frozen=True)
 class ShapeSpec:
+    """A built-in shape: its class and functional, and what tests and benchmarks need."""
+
     cls: type[Surrogate]
-    functional: Callable
-    defaults: dict  # constructor parameters in order, with defaults
+    functional: Callable[..., jax.Array]
+    defaults: dict[str, Any]  # constructor parameters in order, with defaults
     has_fun: bool
-    sample: dict  # parameter -> (low, high) for random valid values
+    sample: dict[str, tuple[float, float]]  # parameter -> (low, high) for random valid values
 
     @property
     def name(self) -> str:
         return self.cls.__name__
 
 
-def _spec(cls, functional, has_fun, **sample):
+def _spec(cls: type[Surrogate], functional: Callable[..., jax.Array], has_fun: bool,
+          **sample: tuple[float, float]) -> ShapeSpec:
     params = inspect.signature(cls.__init__).parameters
     defaults = {k: p.default for k, p in params.items() if k != "self"}
     return ShapeSpec(cls, functional, defaults, has_fun, sample)
@@ -42,7 +48,8 @@ SHAPES: tuple[ShapeSpec, ...] = (
     _spec(_impl.NonzeroSignLog, _impl.nonzero_sign_log, True, alpha=(0.3, 4.0)),
     _spec(_impl.ERF, _impl.erf, True, alpha=(0.3, 4.0)),
     _spec(_impl.PiecewiseLeakyRelu, _impl.piecewise_leaky_relu, True, c=(0.0, 0.2), w=(0.3, 2.0)),
-    _spec(_impl.SquarewaveFourierSeries, _impl.squarewave_fourier_series, True, t_period=(2.0, 16.0)),
+    _spec(_impl.SquarewaveFourierSeries, _impl.squarewave_fourier_series, True,
+          t_period=(2.0, 16.0)),
     _spec(_impl.S2NN, _impl.s2nn, True, alpha=(0.5, 8.0), beta=(0.2, 2.0), epsilon=(1e-9, 1e-6)),
     _spec(_impl.QPseudoSpike, _impl.q_pseudo_spike, True, alpha=(0.5, 4.0)),
     _spec(_impl.LeakyRelu, _impl.leaky_relu, True, alpha=(0.0, 0.5), beta=(0.5, 2.0)),
@@ -62,7 +69,7 @@ SHAPES: tuple[ShapeSpec, ...] = (
     _spec(_impl.SlayerGrad, _impl.slayer_grad, False, alpha=(0.3, 4.0)),
 )
 
-_LOOKUP = {}
+_LOOKUP: dict[str, ShapeSpec] = {}
 for _s in SHAPES:
     _LOOKUP[_s.name.lower()] = _s
     _LOOKUP[_s.functional.__name__.lower()] = _s
@@ -84,12 +91,13 @@ def spec(name: str) -> ShapeSpec:
         raise ValueError(f"unknown surrogate {name!r}; valid names: {valid}") from None
 
 
-def get(name: str, **params) -> Surrogate:
+def get(name: str, **params: Any) -> Surrogate:
     """Builds a shape by class or functional name: ``get("sigmoid", alpha=2.0)``."""
     shape = spec(name)
     unknown = set(params) - set(shape.defaults)
     if unknown:
         raise TypeError(
-            f"{shape.name} takes parameters {tuple(shape.defaults)}; got unexpected {sorted(unknown)}"
+            f"{shape.name} takes parameters {tuple(shape.defaults)}; "
+            f"got unexpected {sorted(unknown)}"
         )
     return shape.cls(**params)
