@@ -38,10 +38,6 @@ root_doc = "index"
 # network for their inventories).
 nitpicky = True
 nitpick_ignore_regex = [(r"py:.*", EXTERNAL)]
-# Docstring defects in files outside this change, each to be fixed at its source (then its
-# line here goes): lif's "Others as in `integrate_fire`." under Args: is read as a parameter
-# with a type.
-nitpick_ignore = [("py:class", "Others as in")]
 
 # Markdown: $...$ maths, ::: fences, heading anchors for in-page links.
 myst_enable_extensions = ["dollarmath", "colon_fence"]

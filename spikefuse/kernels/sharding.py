@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.experimental.custom_partitioning import SdyShardingRule, custom_partitioning
 from jax import shard_map as _jax_shard_map
+from jax.experimental.custom_partitioning import SdyShardingRule, custom_partitioning
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-
-__all__ = ["Placement", "check_interpret", "match_varying", "out_struct", "partitioned",
-           "per_shard", "placement", "shard_mapped"]
+__all__ = ["Placement", "check_interpret", "check_lead", "match_varying", "out_struct",
+           "partitioned", "placement", "shard_mapped"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +56,7 @@ class Placement:
     """
 
     kind: str
-    mesh: object = None
+    mesh: Any = None
     spec: tuple | None = None
 
 
@@ -70,7 +69,7 @@ def placement(x) -> Placement:
         sharding = getattr(jax.typeof(x), "sharding", None)
     else:
         sharding = getattr(x, "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
+    mesh: Any = getattr(sharding, "mesh", None)
     spec = None
     if isinstance(sharding, NamedSharding) and not mesh.empty:
         spec = _padded(sharding.spec, x.ndim)
@@ -96,7 +95,7 @@ def _padded(spec, ndim) -> tuple:
 
 def _axes(spec) -> list:
     """The mesh axis names a partition spec mentions."""
-    out = []
+    out: list = []
     for entry in spec:
         if entry is None or entry is PartitionSpec.UNCONSTRAINED:
             continue
@@ -152,10 +151,11 @@ def shard_mapped(fn: Callable, args: Sequence, *, leads: Sequence[int],
     check_lead(spec, x_lead, what)
     out_shapes = jax.eval_shape(lambda *a: tuple(fn(*a)), *(
         jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args))
-    derived = [_derived_spec(a.shape, l, x_shape, x_lead, spec) for a, l in zip(args, leads)]
+    derived = [_derived_spec(a.shape, lead, x_shape, x_lead, spec)
+               for a, lead in zip(args, leads)]
     in_specs, placed, parts = [], [], []
     for a, p in zip(args, derived):
-        current = getattr(jax.typeof(a), "sharding", None)
+        current: Any = getattr(jax.typeof(a), "sharding", None)
         mesh = getattr(current, "mesh", None)
         current = None if mesh is None or mesh.empty else _padded(current.spec, a.ndim)
         part = None  # the spec to slice a whole operand by, inside the shard_map
@@ -167,8 +167,8 @@ def shard_mapped(fn: Callable, args: Sequence, *, leads: Sequence[int],
         in_specs.append(p)
         placed.append(a)
         parts.append(part)
-    out_specs = tuple(_derived_spec(o.shape, l, x_shape, x_lead, spec)
-                      for o, l in zip(out_shapes, out_leads))
+    out_specs = tuple(_derived_spec(o.shape, lead, x_shape, x_lead, spec)
+                      for o, lead in zip(out_shapes, out_leads))
 
     def local(*a):
         return tuple(fn(*(v if p is None else _local_part(v, p) for v, p in zip(a, parts))))
@@ -177,33 +177,6 @@ def shard_mapped(fn: Callable, args: Sequence, *, leads: Sequence[int],
     mapped = _jax_shard_map(local, mesh=where.mesh, in_specs=tuple(in_specs),
                             out_specs=out_specs, check_vma=False)
     return mapped(*placed)
-
-
-def typed_like(g, like):
-    """``g`` (a gradient) laid out like ``like`` (its primal), on Explicit mesh axes.
-
-    A replicated primal whose gradient came out sharded (a per-feature parameter while x
-    is sharded over features) is assembled by an all-reduce of zero-padded blocks, the
-    transpose of `_local_part`, rather than an all-gather. A no-op off Explicit axes.
-    """
-    have, want = placement(g), placement(like)
-    if have.kind != "explicit" or have.spec == want.spec:
-        return g
-    if want.kind == "explicit":
-        return jax.sharding.reshard(g, jax.typeof(like).sharding)
-    spec, mesh = PartitionSpec(*have.spec), have.mesh
-
-    def assemble(part):
-        whole = jnp.zeros(g.shape, g.dtype)
-        start = [0] * g.ndim
-        for dim, entry in enumerate(spec):
-            if entry is not None:
-                start[dim] = jax.lax.axis_index(entry) * part.shape[dim]
-        whole = jax.lax.dynamic_update_slice(whole, part, start)
-        return jax.lax.psum(whole, tuple(_axes(spec)))
-
-    return _jax_shard_map(assemble, mesh=mesh, in_specs=spec, out_specs=PartitionSpec(),
-                          check_vma=False)(g)
 
 
 def _local_part(a, spec):
@@ -224,13 +197,14 @@ def partitioned(fn: Callable, *, leads: Sequence[int], out_leads: Sequence[int])
     The sharding of x's cell dims propagates to every operand and result that lines up with
     them (a Shardy rule, and an equivalent GSPMD callback); lead dims are made whole. The
     result has no transformation rules of its own (no JVP, no vmap): call it where none is
-    needed, as `per_shard` (under ``custom_vjp``) and the spike primitives' lowering do.
+    needed: the spike and neuron primitives call it from their lowering rules (their own
+    rules differentiate and batch them).
     """
     leads, out_leads = tuple(leads), tuple(out_leads)
     x_lead = leads[0]
 
     def aligns(x_shape, shapes, lds):
-        return [_align(tuple(s), l, tuple(x_shape), x_lead) for s, l in zip(shapes, lds)]
+        return [_align(tuple(s), lead, tuple(x_shape), x_lead) for s, lead in zip(shapes, lds)]
 
     def rule(mesh, value_types, result_types):
         # Shardy: dims that share a factor share a sharding. Lead dims get factors of their
@@ -274,66 +248,6 @@ def partitioned(fn: Callable, *, leads: Sequence[int], out_leads: Sequence[int])
     wrapped.def_partition(partition=partition, infer_sharding_from_operands=infer,
                           sharding_rule=rule)
     return wrapped
-
-
-def _auto(fn, leads, out_leads, what):
-    """`partitioned`, with a vmap rule: the batch axis becomes x's first cell dim."""
-
-    @jax.custom_batching.custom_vmap
-    def run(*args):
-        return partitioned(fn, leads=leads, out_leads=out_leads)(*args)
-
-    @run.def_vmap
-    def rule(axis_size, in_batched, *args):
-        x_cells = args[0].ndim - leads[0] - bool(in_batched[0])
-        moved = []
-        for a, lead, batched in zip(args, leads, in_batched):
-            if batched:  # [B, *lead, *cells'] -> [*lead, B, 1.., *cells']
-                cells = a.ndim - 1 - lead
-                a = jnp.moveaxis(a, 0, lead)
-                a = a.reshape(a.shape[:lead + 1] + (1,) * (x_cells - cells) + a.shape[lead + 1:])
-            moved.append(a)
-        if not in_batched[0]:  # x carries the batch: broadcast it into the new cell dim
-            x = jnp.expand_dims(moved[0], leads[0])
-            moved[0] = jnp.broadcast_to(x, x.shape[:leads[0]] + (axis_size,) + x.shape[leads[0] + 1:])
-        outs = per_shard(fn, moved, leads=leads, out_leads=out_leads, what=what)
-        # Every result has full cell rank, so its batch sits right after its lead dims.
-        return (tuple(jnp.moveaxis(o, l, 0) for o, l in zip(outs, out_leads)),
-                (True,) * len(outs))
-
-    return run
-
-
-# -- the trace-time entry point ------------------------------------------------------------
-def per_shard(fn: Callable, args: Sequence, *, leads: Sequence[int],
-              out_leads: Sequence[int], what: str = "the kernel") -> tuple:
-    """``fn(*args)``, run shard by shard when ``args[0]`` is sharded over its cell dims.
-
-    For a caller that invokes kernels while tracing (the neurons' ``custom_vjp``); the
-    spike primitives call `partitioned` from their lowering rule instead.
-
-    Args:
-      fn: a function of arrays returning a tuple of arrays, independent per cell (each
-        output cell depends only on the same cell of the inputs): that is what makes
-        running it per shard exact.
-      args: the operands; ``args[0]`` is the main operand x.
-      leads: per operand, how many leading dims are lead (not cell) dims; ``leads[0]`` is
-        x's. An operand's cell dims broadcast to x's cell dims from the right.
-      out_leads: the same for each result of ``fn``.
-      what: named in the error raised for an input sharded along a lead dim.
-
-    Returns:
-      The tuple ``fn(*args)``.
-    """
-    args, leads, out_leads = tuple(args), tuple(leads), tuple(out_leads)
-    if args[0].ndim == leads[0] or args[0].size == 0:  # no cell to split
-        return tuple(fn(*args))
-    where = placement(args[0])
-    if where.kind == "explicit":
-        return shard_mapped(fn, args, leads=leads, out_leads=out_leads, what=what, where=where)
-    if where.kind == "auto":
-        return _auto(fn, leads, out_leads, what)(*args)
-    return tuple(fn(*args))
 
 
 # -- inside a user's shard_map ---------------------------------------------------------------

@@ -4,12 +4,12 @@
   ``step(state, x_t, params, fire) -> (s_t, new_state)``, run over ``x_seq`` ``[T, *shape]``.
 * Built-ins on that engine: ``IF`` / ``LIF`` / ``PLIF`` / ``ALIF`` (pytree classes) and
   ``integrate_fire`` / ``lif`` / ``plif`` / ``alif`` (functionals).
+
 The ``"reference"`` backend is a ``lax.scan`` of the step; ``"pallas"`` / ``"interpret"``
 run the fused forward and BPTT scan kernels.
 """
 
 from spikefuse.kernels.scan import ScanConfig as ScanConfig
-from spikefuse.neurons.engine import multistep as multistep
 from spikefuse.neurons.builtin import ALIF as ALIF
 from spikefuse.neurons.builtin import IF as IF
 from spikefuse.neurons.builtin import LIF as LIF
@@ -18,6 +18,7 @@ from spikefuse.neurons.builtin import alif as alif
 from spikefuse.neurons.builtin import integrate_fire as integrate_fire
 from spikefuse.neurons.builtin import lif as lif
 from spikefuse.neurons.builtin import plif as plif
+from spikefuse.neurons.engine import multistep as multistep
 
 __all__ = ["ALIF", "IF", "LIF", "PLIF", "ScanConfig", "alif", "integrate_fire", "lif",
            "multistep", "plif"]

@@ -10,11 +10,13 @@ the fused scan kernels. Parameters that enter the step as a function of themselv
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spikefuse._checks import real_array
 from spikefuse.kernels import scan
 from spikefuse.neurons import dynamics, engine
 from spikefuse.surrogate import Sigmoid, Surrogate
@@ -139,7 +141,8 @@ def lif(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=Tr
     Args:
       tau: membrane time constant τ > 0, a scalar or an array broadcastable to ``shape``.
       decay_input: whether the input is divided by τ too.
-      Others as in `integrate_fire`.
+      x_seq, v0, v_threshold, v_reset, detach_reset, surrogate: as in `integrate_fire`.
+      backend, return_v_seq, unroll, config: as in `integrate_fire`.
 
     Returns:
       As `integrate_fire`; gradients also flow to ``tau``.
@@ -175,8 +178,9 @@ def plif(x_seq, v0=None, *, w=0.0, v_threshold=1.0, v_reset=0.0, decay_input=Tru
 
     Args:
       w: the time-constant parameter; ``w = -log(tau - 1)`` gives time constant ``tau``
-        (the default ``w = 0`` is τ = 2).
-      Others as in `lif`.
+        (the default ``w = 0`` is τ = 2), a scalar or an array broadcastable to ``shape``.
+      x_seq, v0, v_threshold, v_reset, decay_input, detach_reset: as in `lif`.
+      surrogate, backend, return_v_seq, unroll, config: as in `lif`.
 
     Returns:
       As `lif`; gradients flow to ``w`` instead of ``tau``.
@@ -226,7 +230,9 @@ def alif(x_seq, v0=None, a0=None, *, tau=2.0, tau_a=20.0, beta=1.8, v_threshold=
       tau_a: adaptation time constant τ_a > 0.
       beta: adaptation strength β >= 0.
       return_states: also return the states after each step.
-      Others as in `lif`; every numeric parameter is a scalar or broadcastable to ``shape``.
+      v_threshold, v_reset, decay_input, detach_reset, surrogate: as in `lif`.
+      backend, unroll, config: as in `lif`. Every numeric parameter is a scalar or an
+        array broadcastable to ``shape``.
 
     Returns:
       ``(spikes, (v_final, a_final))``, or with ``return_states``
@@ -419,10 +425,11 @@ class PLIF(_Neuron):
         _check_concrete(init_tau, "init_tau", lambda a: a > 1, "> 1")
         _check_bool(decay_input, "decay_input")
         _check_bool(detach_reset, "detach_reset")
+        self.w: Any  # a Python float for a scalar init_tau, else an array
         if isinstance(init_tau, (int, float)) and not isinstance(init_tau, bool):
             self.w = 0.0 - math.log(init_tau - 1.0)  # 0.0, not -0.0, for tau = 2
         else:
-            tau = engine.real_array(init_tau, "init_tau")
+            tau = real_array(init_tau, "init_tau")
             self.w = -jnp.log(tau.astype(jnp.promote_types(tau.dtype, jnp.float32)) - 1.0)
         self.v_threshold = v_threshold
         self.v_reset = v_reset

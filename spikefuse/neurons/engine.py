@@ -352,10 +352,12 @@ def multistep(step, x_seq, init, params=None, *, surrogate: Surrogate | None = N
       Second-order derivatives need ``backend="reference"``.
 
     Raises:
-      ValueError / TypeError, before any kernel runs, naming the step: a step that is not
-      elementwise over neurons, that returns a state unlike ``init`` or a spike not of the
-      neuron shape, a non-float state; with ``backend="pallas"``, an operation the GPU
-      kernel cannot lower (``backend="reference"`` runs it).
+      ValueError: before any kernel runs, naming the step, for a step that is not
+        elementwise over neurons, that returns a state unlike ``init`` or a spike not of
+        the neuron shape, or (``backend="pallas"``) that uses an operation the GPU kernel
+        cannot lower (``backend="reference"`` runs it); and for arguments of wrong shapes.
+      TypeError: for a step that is not a hashable callable, a non-float state and
+        arguments of wrong types.
 
     Example:
       >>> import jax.numpy as jnp
@@ -367,7 +369,7 @@ def multistep(step, x_seq, init, params=None, *, surrogate: Surrogate | None = N
       >>> s, v = multistep(if_step, jnp.full((4, 2), 0.6), init=0.0, params={"v_th": 1.0},
       ...                  backend="reference")
       >>> s[:, 0], v
-      (Array([0., 1., 0., 1.], dtype=float32), Array([0.39999998, 0.39999998], dtype=float32))
+      (Array([0., 1., 0., 1.], dtype=float32), Array([0.4000001, 0.4000001], dtype=float32))
     """
     return run(step, x_seq, init, params, surrogate=surrogate, backend=backend,
                return_states=return_states)

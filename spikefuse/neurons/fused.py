@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -149,7 +150,7 @@ def _local(*args, spec: Spec):
 
     m, cdt = spec.n_state, jnp.promote_types(spec.out_dtype, jnp.float32)
     n_ck = spec.n_ck(T)
-    kw = dict(config=spec.config, interpret=spec.interpret)
+    kw: dict[str, Any] = dict(config=spec.config, interpret=spec.interpret)
     if spec.kind == "fwd":
         xs, init, params = take(spec.n_x, 1), take(m, 0), take(spec.n_params, 0)
         outs, fins, cks = scan.scan_forward(
@@ -234,29 +235,27 @@ def _eager(prim, *args, spec):
 
 
 def _lower(*args, spec, partition):
-    fn = functools.partial(_local, spec=spec)
+    fn: Callable = functools.partial(_local, spec=spec)
     if partition:
         leads, out_leads = spec.leads(args[0].shape[0])
         fn = sharding.partitioned(fn, leads=leads, out_leads=out_leads)
     return fn(*args)
 
 
-
-
 def _bind(kind: str, *args, spec: Spec):
     """Binds the ``kind`` primitive the way ``args[0]``'s placement needs: locally,
     partitioned (Auto mesh axes) or inside a ``shard_map`` (Explicit axes)."""
     spec = dataclasses.replace(spec, kind=kind)
-    args = sharding.match_varying(*args)  # inside a shard_map: one set of varying axes
-    x = args[0]
+    operands = sharding.match_varying(*args)  # inside a shard_map: one set of varying axes
+    x = operands[0]
     where = sharding.placement(x) if x.ndim > 1 and x.size else None
     if where is None or where.kind == "local":
-        return _LOCAL.by_kind[kind].bind(*args, spec=spec)
+        return _LOCAL.by_kind[kind].bind(*operands, spec=spec)
     if where.kind == "auto":
-        return _PARTITIONED.by_kind[kind].bind(*args, spec=spec)
+        return _PARTITIONED.by_kind[kind].bind(*operands, spec=spec)
     leads, out_leads = spec.leads(x.shape[0])
     return list(sharding.shard_mapped(
-        lambda *a: tuple(_LOCAL.by_kind[kind].bind(*a, spec=spec)), args, leads=leads,
+        lambda *a: tuple(_LOCAL.by_kind[kind].bind(*a, spec=spec)), operands, leads=leads,
         out_leads=out_leads, what="a multi-step neuron (x_seq is [T, *shape])", where=where))
 
 

@@ -29,14 +29,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.extend.core import Primitive
 from jax._src.dispatch import prim_requires_devices_during_lowering as _dispatch_registry
+from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from spikefuse._checks import check_broadcast, real_array
 from spikefuse.kernels import dispatch, sharding
-from spikefuse.kernels.dispatch import BackendUnavailableError
 from spikefuse.kernels._compat import silence_triton_deprecation
+from spikefuse.kernels.dispatch import BackendUnavailableError
 from spikefuse.surrogate._base import Surrogate, grad_fn
 
 __all__ = ["spike", "fire", "BackendUnavailableError"]
