@@ -156,7 +156,7 @@ def test_engine_matches_scan_of_the_same_step(case):
 def test_return_states_and_symbolic_zero_cotangents():
     """return_states; a loss through one output only, and gradients to some arguments only
     (the backward computes just those)."""
-    step, x_seq, init, params = _problem("alif_2", 9, (70,), False, "float32", seed=3)
+    step, x_seq, init, params = _problem("alif_2", 6, (40,), False, "float32", seed=3)
     config = CONFIGS["k4"]
 
     def run(backend, x, i, p):
