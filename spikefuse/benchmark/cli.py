@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 from spikefuse.benchmark import elementwise as ew
 from spikefuse.benchmark import neurons as nr
-from spikefuse.benchmark.timing import copy_ceiling, machine_info, on_gpu
+from spikefuse.benchmark.timing import (best_ceilings, ceiling_for, copy_ceilings, machine_info,
+                                       on_gpu, pct_of_ceiling)
 from spikefuse.surrogate import registry
 
 QUICK = dict(size=1 << 18, dtypes="float32", repeats=5, min_sample_ms=5.0,
@@ -179,6 +180,16 @@ def _fmt_rate(x: float) -> str:
     return f"{x:.0f}"
 
 
+def _ceiling_line(report, rows) -> str:
+    """The copy ceilings the rows are compared with, one per (dtype, size)."""
+    used = {}
+    for r in rows:
+        c = ceiling_for(report["copy"], r["dtype"], r["elements"])
+        used[c["dtype"], c["elements"]] = c
+    return ", ".join(f"{d} {n:,} elements {c['gbps']:.1f} GB/s"
+                     for (d, n), c in sorted(used.items()))
+
+
 def format_table(report: dict) -> str:
     """The terminal table: one line per row, grouped by suite."""
     lines = []
@@ -189,26 +200,35 @@ def format_table(report: dict) -> str:
         title = ("elementwise: fire(v, 0.5, Shape()) at default parameters" if suite == "elementwise"
                  else "neurons: multi-step LIF (tau=2, hard reset, Sigmoid), loss through s and v")
         lines.append(f"\n## {title}")
-        ceil = ", ".join(f"{k} {v['gbps']:.1f} GB/s" for k, v in report["copy"].items())
-        lines.append(f"# copy ceiling (x + 1, read + write) measured in this run: {ceil}")
-        extra = "  x best" if suite == "neurons" else ""
-        first = "case" if suite == "neurons" else "shape"
+        lines.append("# copy ceiling (x + 1, read + write; fastest sample, at each row's size) "
+                     f"measured in this run: {_ceiling_line(report, rows)}")
+        if suite == "neurons":
+            lines.append("# x jax: speed-up over the best plain-JAX lax.scan (jax-u*) of the "
+                         "same case and mode; resid B: bytes per neuron-step kept for the "
+                         "backward beyond x")
+            extra, first = "  x jax  resid B", "case"
+        else:
+            extra, first = "", "shape"
         lines.append(f"{first:<24} {'dtype':<8} {'mode':<7} {'backend':<10} {'ms':>9} "
-                     f"{'min..max':>19} {'elem/s':>8} {'GB/s':>8} {'%ceil':>6} {'x ref':>6}{extra}")
+                     f"{'min..max':>19} {'elem/s':>8} {'GB/s':>8} {'%ceil':>6}"
+                     f"{'' if extra else ' ' + format('x ref', '>6')}{extra}")
         prev = None
         for r in rows:
             key = (r["shape"], r["dtype"])
             if prev is not None and key != prev:
                 lines.append("")
             prev = key
-            baseline = r["backend"] in ("reference", "scan-u1")  # x ref of itself: left blank
-            sp = (f"{r['speedup_vs_reference']:6.2f}" if "speedup_vs_reference" in r
-                  and not baseline else " " * 6)
-            best = f"  {r['speedup_vs_best_scan']:6.2f}" if "speedup_vs_best_scan" in r else ""
-            lines.append(f"{r['shape']:<24} {r['dtype']:<8} {r['mode']:<7} {r['backend']:<10} "
-                         f"{r['ms']:9.3f} {r['ms_min']:9.3f}..{r['ms_max']:<8.3f} "
-                         f"{_fmt_rate(r['elements_per_s']):>8} {r['gbps']:8.2f} "
-                         f"{r['pct_copy']:5.1f}% {sp}{best}")
+            line = (f"{r['shape']:<24} {r['dtype']:<8} {r['mode']:<7} {r['backend']:<10} "
+                    f"{r['ms']:9.3f} {r['ms_min']:9.3f}..{r['ms_max']:<8.3f} "
+                    f"{_fmt_rate(r['elements_per_s']):>8} {r['gbps']:8.2f} "
+                    f"{r['pct_copy']:5.1f}%")
+            if suite == "neurons":
+                resid = r.get("residual_bytes_per_step")
+                line += (f"  {r['speedup_vs_best_jax']:5.2f}"
+                         + (f"  {resid:7.3f}" if resid is not None else ""))
+            elif r["backend"] != "reference" and "speedup_vs_reference" in r:
+                line += f" {r['speedup_vs_reference']:6.2f}"
+            lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -244,9 +264,11 @@ def plot_report(report: dict, path: str) -> str:
                     ys.append(r["gbps"])
             ax.bar(xs, ys, width=width, label=b)
         for k, d in enumerate(dtypes):
-            if d in report["copy"]:
-                ax.axhline(report["copy"][d]["gbps"], color=f"C{len(backends) + k}",
-                           linestyle="--", linewidth=1, label=f"copy ceiling {d}")
+            sizes = {r["elements"] for r in rows if r["dtype"] == d}
+            if sizes:  # the highest ceiling of the panel's sizes
+                gbps = max(ceiling_for(report["copy"], d, n)["gbps"] for n in sizes)
+                ax.axhline(gbps, color=f"C{len(backends) + k}", linestyle="--", linewidth=1,
+                           label=f"copy ceiling {d}")
         labels = [s if len(dtypes) == 1 else f"{s}\n{d}" for s, d in groups]
         ax.set_xticks(range(len(groups)), labels, rotation=45 if suite == "elementwise" else 0,
                       ha="right" if suite == "elementwise" else "center", fontsize=8)
@@ -293,7 +315,7 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
     row_meta = {k: meta[k] for k in ("device", "jax", "commit")}
     report = dict(meta=dict(meta, command=command, options={
         k: v for k, v in opts.items() if k != "cases"}, neuron_cases=opts["cases"]),
-        copy={}, rows=[], notes=[])
+        copy=[], rows=[], notes=[])
     if opts["kernel_backend"] == "interpret":
         report["notes"].append("'interpret' runs the Pallas kernels interpreted: its timings "
                                "say nothing about kernel speed")
@@ -305,19 +327,18 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
     if run_nr:
         total += (len(opts["cases"]) * len(opts["dtypes"]) * len(nr.MODES)
                   * len(nr.row_labels(opts["kernel_backend"])))
-    copy_n = max([opts["size"] if run_ew else 0]
-                 + ([max(T * N for T, N in opts["cases"])] if run_nr else []))
-    copy_n = min(copy_n, nr.COPY_ELEMENTS)
-    for d in opts["dtypes"]:
-        report["copy"][d] = copy_ceiling(copy_n, d, samples=opts["repeats"],
-                                         min_sample_s=opts["min_sample_s"])
+
+    def measure_copy(elements, dtype):  # before each case: the best of all counts (below)
+        report["copy"] += copy_ceilings([elements], [dtype], samples=opts["repeats"],
+                                        min_sample_s=opts["min_sample_s"])
+
     bar = _Progress(total, progress)
     try:
         if run_ew:
             report["rows"] += ew.run(ew_cases, ew_backends, modes=opts["modes"],
                                      copy=report["copy"], samples=opts["repeats"],
                                      min_sample_s=opts["min_sample_s"], threads=opts["threads"],
-                                     progress=bar, meta=row_meta)
+                                     progress=bar, meta=row_meta, before_case=measure_copy)
         if run_nr:
             compiled = nr.compile_all_jobs(opts["cases"], opts["dtypes"], opts["kernel_backend"],
                                            threads=opts["threads"])
@@ -325,9 +346,12 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
                                           opts["kernel_backend"], copy=report["copy"],
                                           samples=opts["repeats"],
                                           min_sample_s=opts["min_sample_s"], progress=bar,
-                                          meta=row_meta)
+                                          meta=row_meta, before_case=measure_copy)
     finally:
         bar.close()
+    report["copy"] = best_ceilings(report["copy"])
+    for r in report["rows"]:  # each row against the best copy of its size in the whole run
+        r["pct_copy"] = pct_of_ceiling(r, report["copy"])
     report["meta"]["seconds"] = time.perf_counter() - t0
     return report
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import spikefuse
-from spikefuse.benchmark.timing import compile_all, on_gpu, time_fn
+from spikefuse.benchmark.timing import compile_all, on_gpu, pct_of_ceiling, time_fn
 from spikefuse.surrogate import registry
 
 MODES = ("fwd", "bwd", "fwd+bwd", "fwd;bwd")
@@ -116,13 +116,15 @@ def make_ops(shape: str, backend: str) -> dict:
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd, "fwd;bwd": fwd_then_bwd}
 
 
-def run(case_list, backends, *, modes=MODES, copy: dict, samples: int, min_sample_s: float,
-        threads: int = 1, progress=None, meta: dict | None = None) -> list[dict]:
+def run(case_list, backends, *, modes=MODES, copy: list, samples: int, min_sample_s: float,
+        threads: int = 1, progress=None, meta: dict | None = None,
+        before_case=None) -> list[dict]:
     """Times every case × backend × mode; returns one self-describing row per measurement.
 
-    ``copy`` maps dtype name -> the copy-ceiling record (``timing.copy_ceiling``) of this
-    run; ``progress`` (optional) is called once per row timed. Compilation is done first, in
-    parallel, and excluded from the timings.
+    ``copy``: the copy-ceiling records of this run (``timing.copy_ceilings``), each row
+    compared with the one of its size; ``progress`` (optional) is called once per row
+    timed; ``before_case(elements, dtype)`` (optional) before each case's timings.
+    Compilation is done first, in parallel, and excluded from the timings.
     """
     meta = meta or {}
     rows = []
@@ -136,6 +138,8 @@ def run(case_list, backends, *, modes=MODES, copy: dict, samples: int, min_sampl
                 jobs[(backend, mode)] = (ops[mode], (aval, aval))
         compiled = compile_all(jobs, threads)
         args = case.inputs()
+        if before_case:
+            before_case(case.elements, dt)
         ref = {}
         for backend in backends:
             for mode in modes:
@@ -147,7 +151,7 @@ def run(case_list, backends, *, modes=MODES, copy: dict, samples: int, min_sampl
                            ms=med * 1e3, ms_min=lo * 1e3, ms_max=hi * 1e3,
                            elements_per_s=case.elements / med, bytes=nbytes,
                            gbps=nbytes / med / 1e9)
-                row["pct_copy"] = 100.0 * row["gbps"] / copy[dt.name]["gbps"]
+                row["pct_copy"] = pct_of_ceiling(row, copy)
                 if backend == "reference":
                     ref[mode] = med
                 if mode in ref:

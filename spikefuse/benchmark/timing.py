@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import platform
 import statistics
@@ -37,15 +38,71 @@ def time_fn(fn, args, *, samples: int, min_sample_s: float):
     return statistics.median(times), min(times), max(times)
 
 
+# The copy ceiling is measured at most at this many elements (2^27: 512 MiB in f32, well
+# past every cache); larger rows use it.
+COPY_MAX_ELEMENTS = 1 << 27
+COPY_MIN_SAMPLES = 15
+
+
 def copy_ceiling(n: int, dtype, *, samples: int, min_sample_s: float) -> dict:
-    """The bandwidth ceiling: ``x + 1`` over ``n`` elements (one read, one write), timed."""
+    """The bandwidth ceiling at ``n`` elements: ``x + 1`` (one read, one write), timed.
+
+    ``gbps`` is taken from the fastest sample (at least ``COPY_MIN_SAMPLES`` of them), not
+    the median: a ceiling is the best this device showed, so a row's median cannot pass it
+    by the copy's own noise. ``gbps_median`` is the median's rate.
+    """
     dtype = jnp.dtype(dtype)
     a = jnp.ones((n,), dtype)
     copy = jax.jit(lambda a: a + jnp.asarray(1, a.dtype))
-    med, lo, hi = time_fn(copy, (a,), samples=samples, min_sample_s=min_sample_s)
+    med, lo, hi = time_fn(copy, (a,), samples=max(samples, COPY_MIN_SAMPLES),
+                          min_sample_s=min_sample_s)
     del a
+    nbytes = 2 * n * dtype.itemsize
     return dict(elements=n, dtype=dtype.name, ms=med * 1e3, ms_min=lo * 1e3, ms_max=hi * 1e3,
-                gbps=2 * n * dtype.itemsize / med / 1e9)
+                gbps=nbytes / lo / 1e9, gbps_median=nbytes / med / 1e9)
+
+
+def copy_ceilings(sizes, dtypes, *, samples: int, min_sample_s: float) -> list[dict]:
+    """`copy_ceiling` at every distinct size (capped at ``COPY_MAX_ELEMENTS``) and dtype.
+
+    Each row is compared with the copy of its own size (`ceiling_for`): which cache level
+    holds the data decides the bandwidth, most of all on a CPU, where a copy of 2^19
+    elements outside the rows' cache level once read a fifth of what rows of 2^18 reached.
+    """
+    ns = sorted({min(int(n), COPY_MAX_ELEMENTS) for n in sizes})
+    return [copy_ceiling(n, d, samples=samples, min_sample_s=min_sample_s)
+            for d in dict.fromkeys(jnp.dtype(d).name for d in dtypes) for n in ns]
+
+
+def best_ceilings(copy: list[dict]) -> list[dict]:
+    """``copy`` with one record per (dtype, elements): the fastest of its measurements.
+
+    On a CPU shared with other work the copy is sometimes slowed while it is timed, so the
+    CLI measures it again before each case's rows and keeps the best, rather than let one
+    busy moment lower the ceiling under the rows."""
+    best = {}
+    for c in copy:
+        key = (c["dtype"], c["elements"])
+        if key not in best or c["gbps"] > best[key]["gbps"]:
+            best[key] = c
+    return list(best.values())
+
+
+def pct_of_ceiling(row: dict, copy: list[dict]) -> float:
+    """``row``'s GB/s as a percentage of the copy ceiling of its dtype and size."""
+    return 100.0 * row["gbps"] / ceiling_for(copy, row["dtype"], row["elements"])["gbps"]
+
+
+def ceiling_for(copy: list[dict], dtype, elements: int) -> dict:
+    """The record of ``copy`` (from `copy_ceilings`) for a row of ``elements`` in ``dtype``:
+    the same size, else the nearest measured size (in log scale); of several measurements
+    of that size, the fastest."""
+    dtype = jnp.dtype(dtype).name
+    same = [c for c in copy if c["dtype"] == dtype]
+    if not same:
+        raise KeyError(f"no copy ceiling measured for {dtype}")
+    target = math.log2(max(min(int(elements), COPY_MAX_ELEMENTS), 1))
+    return min(same, key=lambda c: (abs(math.log2(c["elements"]) - target), -c["gbps"]))
 
 
 def compile_all(jobs, threads: int):
