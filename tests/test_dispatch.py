@@ -108,7 +108,8 @@ def test_unknown_operation_names_the_argument(clean, op):
 
 def _spike_backend(fn):
     """The backend the spike primitives in ``fn``'s jaxpr were bound with (tracing only)."""
-    eqns = [e for e in jax.make_jaxpr(fn)(X).jaxpr.eqns if e.primitive.name.startswith("spikefuse_spike")]
+    eqns = [e for e in jax.make_jaxpr(fn)(X).jaxpr.eqns
+            if e.primitive.name.startswith("spikefuse_spike")]
     assert eqns, "no spike primitive traced"
     return {e.params["backend"] for e in eqns}
 

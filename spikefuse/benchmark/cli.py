@@ -2,8 +2,11 @@
 
 Runs the elementwise suite (``fire`` for every built-in shape × backend × fwd / bwd /
 fwd+bwd / fwd;bwd) and the neuron suite (multi-step LIF: fused kernels vs ``lax.scan`` with
-unroll 1, 8, 32), measures a memory-copy ceiling (``x + 1``) in the same run, prints a
-table and optionally writes JSON and a chart. Timing: compilation and warm-up excluded;
+unroll 1, 8, 32, ours and an expert's plain JAX), measures a memory-copy ceiling
+(``x + 1``) at each row's size in the same run, prints a table and optionally writes JSON
+and a chart. ``--models`` instead times whole training steps of spiking networks (an MLP,
+a VGG-style conv net, one long LIF layer) in every way a user could write them, with their
+memory, and sweeps training memory against T. Timing: compilation and warm-up excluded;
 every sample is a burst of back-to-back calls ended by ``block_until_ready``; the median
 (and min..max) of ``--repeats`` samples is reported.
 """
@@ -20,6 +23,7 @@ import time
 import jax.numpy as jnp
 
 from spikefuse.benchmark import elementwise as ew
+from spikefuse.benchmark import models as md
 from spikefuse.benchmark import neurons as nr
 from spikefuse.benchmark.timing import (best_ceilings, ceiling_for, copy_ceilings, machine_info,
                                        on_gpu, pct_of_ceiling)
@@ -76,13 +80,24 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
         epilog="Examples:\n  python -m spikefuse bench --quick            # CPU-sized, < 90 s\n"
                "  python -m spikefuse bench --json out.json --plot out.png   # GPU-sized\n"
                "  python -m spikefuse bench --suite elementwise --shapes Sigmoid,Arctan "
-               "--size 2^20")
+               "--size 2^20\n"
+               "  python -m spikefuse bench --models --quick --plot memory.png  # models, CPU")
     p.add_argument("--quick", action="store_true",
                    help="CPU-sized run: 2^18 elements, float32, 5 repeats, neuron cases "
                         "32x16384 and 256x1024 (finishes in about a minute on 2 CPU cores). "
                         "Explicit options still override it.")
-    p.add_argument("--suite", choices=("all", "elementwise", "neurons"), default="all",
+    p.add_argument("--suite", choices=("all", "elementwise", "neurons"), default=None,
                    help="which suite to run (default all)")
+    p.add_argument("--models", type=_csv, nargs="?", const=list(md.MODELS), default=None,
+                   metavar="NAME[,NAME...]",
+                   help="time whole training steps instead of the kernel suites: "
+                        f"{', '.join(md.MODELS)} (default all three), each as "
+                        f"{', '.join(md.VARIANTS)}; then training memory vs T of one LIF "
+                        "layer (--plot draws it). Needs optax (the bench extra).")
+    p.add_argument("--memory-T", type=lambda t: [parse_size(x) for x in _csv(t)], default=None,
+                   metavar="T[,T...]", dest="memory_T",
+                   help="--models: the sequence lengths of the memory sweep (default "
+                        + ",".join(map(str, md.MEMORY_TS)) + ")")
     p.add_argument("--shapes", type=_csv, default=None, metavar="NAME[,NAME...]",
                    help="elementwise shapes by class or functional name, comma-separated "
                         f"(default all {len(registry.SHAPES)}: {', '.join(registry.names())})")
@@ -99,9 +114,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backends", type=_csv, default=None, metavar="NAME[,NAME...]",
                    help="backends to time: reference (always the baseline), pallas (GPU), "
                         "interpret (the kernels interpreted on any device: slow, timings "
-                        "meaningless, never chosen by default), braintools (elementwise only, "
-                        "when importable). Default: reference, pallas on a GPU, braintools "
-                        "when importable. An unavailable backend is an error.")
+                        "meaningless, never chosen by default), braintools (the elementwise "
+                        "rows and --models' step-braintools, when importable). Default: "
+                        "reference, pallas on a GPU, braintools when importable. An "
+                        "unavailable backend is an error.")
     p.add_argument("--modes", type=_csv, default=None, metavar="MODE[,MODE...]",
                    help="elementwise modes: fwd, bwd, fwd+bwd (the cotangent visible to "
                         "XLA), fwd;bwd (a barrier between them, as in training) (default all)")
@@ -127,7 +143,7 @@ def _options(args, parser):
     """Resolves defaults (quick or full) and validates; errors exit 2 via ``parser.error``."""
     base = QUICK if args.quick else FULL
     opts = dict(
-        suite=args.suite,
+        suite=args.suite or "all",
         size=args.size or base["size"],
         dtypes=args.dtypes or _csv(base["dtypes"]),
         repeats=args.repeats if args.repeats is not None else base["repeats"],
@@ -362,10 +378,98 @@ def _check_finite(report):
         report["notes"].append(f"{len(bad)} rows with a non-positive or non-finite time")
 
 
+def bench_models(opts: dict, model_names, memory_Ts, *, progress: bool = False,
+                 command: str = "") -> dict:
+    """Runs the model suite and the memory sweep; returns the report {meta, rows, sweep}."""
+    t0 = time.perf_counter()
+    meta = machine_info()
+    row_meta = {k: meta[k] for k in ("device", "jax", "commit")}
+    table = md.QUICK_MODELS if opts["quick"] else md.MODELS
+    models = [table[n] for n in model_names]
+    kernel = opts["kernel_backend"]
+    braintools = "braintools" in opts["backends"]
+    report = dict(meta=dict(meta, command=command, options=dict(
+        quick=opts["quick"], repeats=opts["repeats"], min_sample_s=opts["min_sample_s"],
+        backends=opts["backends"], models=model_names, memory_T=list(memory_Ts))),
+        rows=[], sweep=[], notes=[])
+    if kernel == "interpret":
+        report["notes"].append("'interpret' runs the Pallas kernels interpreted: the fused "
+                               "rows' times and XLA memory say nothing about the kernels")
+    elif kernel is None:
+        report["notes"].append("fused rows: no kernel backend here (the Pallas kernels need "
+                               "a GPU); only what their backward keeps is counted (traced)")
+    bar = _Progress(len(models) * len(md.available_variants(kernel, braintools)), progress)
+    try:
+        report["rows"] = md.run(models, kernel, samples=opts["repeats"],
+                                min_sample_s=opts["min_sample_s"], threads=opts["threads"],
+                                braintools=braintools, progress=bar, meta=row_meta)
+    finally:
+        bar.close()
+    if memory_Ts:
+        report["sweep"] = md.memory_sweep(table["long"], memory_Ts, kernel,
+                                          threads=opts["threads"])
+    report["meta"]["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def _run_models(args, opts, parser) -> int:
+    bad = [flag for flag, given in (("--suite", args.suite), ("--shapes", args.shapes),
+                                    ("--size", args.size), ("--cases", args.cases),
+                                    ("--modes", args.modes), ("--dtypes", args.dtypes))
+           if given is not None]
+    if bad:
+        parser.error(f"--models times float32 training steps; {', '.join(bad)} apply to the "
+                     "kernel suites")
+    unknown = [m for m in args.models if m not in md.MODELS]
+    if unknown or not args.models:
+        parser.error(f"--models: unknown {', '.join(unknown) or 'empty list'} "
+                     f"(choose from {', '.join(md.MODELS)})")
+    memory_Ts = md.MEMORY_TS if args.memory_T is None else args.memory_T
+    try:
+        md._optax()
+    except ImportError as err:
+        print(f"error: --models: {err}", file=sys.stderr)
+        return 2
+    meta_line = machine_info()
+    print(f"# spikefuse bench --models | {meta_line['date']} | {meta_line['device']} "
+          f"({meta_line['platform']}) | jax {meta_line['jax']} | commit {meta_line['commit']}")
+    print(f"# models {','.join(args.models)} ({'quick' if args.quick else 'full'} sizes) | "
+          f"kernels: {opts['kernel_backend'] or 'none here'} | {opts['repeats']} repeats "
+          "(median)", flush=True)
+    report = bench_models(dict(opts, quick=args.quick), args.models, memory_Ts,
+                          progress=not args.no_progress and sys.stdout.isatty(),
+                          command="python -m spikefuse bench " + " ".join(args.argv or []))
+    print(md.format_table(report["rows"], report["sweep"]))
+    for note in report["notes"]:
+        print("# note:", note)
+    print(f"# {len(report['rows'])} rows, {len(report['sweep'])} sweep points in "
+          f"{report['meta']['seconds']:.1f} s")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"# wrote {args.json}")
+    if args.plot:
+        if not report["sweep"]:
+            print("error: --plot draws the memory sweep; --memory-T gave no T", file=sys.stderr)
+            return 2
+        print(f"# wrote {md.plot_memory(report['sweep'], args.plot, report['meta'])}")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` subcommand: runs, prints the table, writes JSON / the chart."""
     parser = args.parser
     opts = _options(args, parser)
+    if args.models is not None:
+        if args.plot:
+            try:
+                from spikefuse.plot import _matplotlib
+                _matplotlib()
+            except ImportError as err:
+                print(f"error: --plot: {err}", file=sys.stderr)
+                return 2
+        return _run_models(args, opts, parser)
     if args.plot:  # fail before a long run, not after it
         try:
             from spikefuse.plot import _matplotlib
