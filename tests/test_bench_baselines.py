@@ -61,3 +61,25 @@ def test_plain_jax_rows_are_in_every_neuron_job():
     labels = {k[-1] for k in jobs}
     assert labels == {"scan-u1", "scan-u8", "scan-u32", "jax-u1", "jax-u8", "jax-u32"}
     assert "fused" in {k[-1] for k in bn.jobs([(8, 64)], ["float32"], "interpret")}
+
+
+def test_interleaved_timing_takes_turns_and_reports_first_calls_in_order():
+    from spikefuse.benchmark.timing import time_interleaved
+
+    log = []
+
+    def make(name):
+        def fn(x):
+            log.append(name)
+            return x + 1
+
+        return fn
+
+    firsts = []
+    out = time_interleaved({"b": (make("b"), (jnp.ones(3),)), "a": (make("a"), (jnp.ones(3),))},
+                           samples=4, min_sample_s=0.0, on_first=firsts.append)
+    assert firsts == ["b", "a"]  # in the order given, each after its own first call
+    assert log[:3] == ["b"] * 3 and log[3:6] == ["a"] * 3  # warm-up, then calibration
+    assert log[6:] == ["b", "a"] * 4  # one burst (of one call here) each, in turns
+    for med, lo, hi in out.values():
+        assert 0 < lo <= med <= hi

@@ -53,7 +53,7 @@ import spikefuse
 from spikefuse import surrogate as sf
 from spikefuse.benchmark import elementwise as ew
 from spikefuse.benchmark.memory import compiled_memory, device_peak_bytes, residual_bytes
-from spikefuse.benchmark.timing import compile_all, on_gpu, time_fn
+from spikefuse.benchmark.timing import compile_all, on_gpu, time_interleaved
 from spikefuse.neurons import LIF
 
 __all__ = ["MODELS", "QUICK_MODELS", "VARIANTS", "Model", "available_variants",
@@ -365,8 +365,9 @@ def kept_per_neuron_step(model, variant, params, x_seq, labels, kernel_backend=N
 def run(model_list, kernel_backend, *, samples: int, min_sample_s: float, threads: int = 1,
         braintools: bool = True, progress=None, meta=None) -> list[dict]:
     """One row per model x variant: timing and memory where the variant compiles here, the
-    residual count everywhere. Rows of a model are timed in increasing order of XLA's
-    memory estimate, so the device peak (cumulative in a process) rises with each row;
+    residual count everywhere. A model's variants are timed in turns (`time_interleaved`),
+    so their ratios survive a change of load. Their first calls run in increasing order
+    of XLA's memory estimate, so the device peak (cumulative in a process) rises with each;
     where it did not, ``peak_bytes`` is None."""
     meta = meta or {}
     timed = available_variants(kernel_backend, braintools)
@@ -374,28 +375,33 @@ def run(model_list, kernel_backend, *, samples: int, min_sample_s: float, thread
     for model in model_list:
         x_seq, labels = inputs(model)
         params = init_params(model, 0, x_seq)
-        jobs, optimizers = {}, {}
+        jobs, opt_states = {}, {}
         for variant in timed:
             optimizer, step = train_step_fn(model, variant, kernel_backend)
-            opt_state = optimizer.init(params)
-            optimizers[variant] = opt_state
+            opt_state = opt_states[variant] = optimizer.init(params)
             avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                                  (params, opt_state, x_seq, labels))
             jobs[variant] = (step, avals)
         compiled = compile_all(jobs, threads)
         memory = {v: compiled_memory(c) for v, c in compiled.items()}
         order = sorted(timed, key=lambda v: memory[v].get("total", 0))
+        peaks, last = {}, [device_peak_bytes()]
+
+        def record_peak(variant):  # after the variant's first call: did the peak rise?
+            now = device_peak_bytes()
+            rose = now is not None and (last[0] is None or now > last[0])
+            peaks[variant], last[0] = (now if rose else None), now
+
+        times = time_interleaved(
+            {v: (compiled[v], (params, opt_states[v], x_seq, labels)) for v in order},
+            samples=samples, min_sample_s=min_sample_s, on_first=record_peak)
         model_rows = {}
         for variant in order:
-            before = device_peak_bytes()
-            sec, lo, hi = time_fn(compiled[variant], (params, optimizers[variant], x_seq, labels),
-                                  samples=samples, min_sample_s=min_sample_s)
-            after = device_peak_bytes()
+            sec, lo, hi = times[variant]
             row = _row(model, variant, meta, kernel_backend, params, x_seq, labels)
             row.update(ms=sec * 1e3, ms_min=lo * 1e3, ms_max=hi * 1e3,
                        samples_per_s=model.batch / sec, memory=memory[variant],
-                       peak_bytes=after if after is not None and (
-                           before is None or after > before) else None)
+                       peak_bytes=peaks[variant])
             model_rows[variant] = row
             if progress:
                 progress(row)

@@ -38,6 +38,37 @@ def time_fn(fn, args, *, samples: int, min_sample_s: float):
     return statistics.median(times), min(times), max(times)
 
 
+def time_interleaved(calls: dict, *, samples: int, min_sample_s: float, on_first=None) -> dict:
+    """`time_fn` for several functions, their samples taken in turns.
+
+    ``calls`` maps a key to ``(fn, args)``. Each function is warmed up in the order given
+    (``on_first(key)`` runs after its first call has finished, e.g. to read the device's
+    peak memory), then every round times one burst of each function in turn, so a change
+    of load on a shared machine falls on all of them alike and their ratios stay
+    comparable. Returns ``{key: (median, min, max)}`` seconds per call.
+    """
+    inner = {}
+    for key, (fn, args) in calls.items():
+        jax.block_until_ready(fn(*args))
+        if on_first:
+            on_first(key)
+        jax.block_until_ready(fn(*args))
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        one = time.perf_counter() - start
+        inner[key] = max(1, min(100, int(min_sample_s / max(one, 1e-7))))
+    times = {key: [] for key in calls}
+    for _ in range(max(1, samples)):
+        for key, (fn, args) in calls.items():
+            start = time.perf_counter()
+            for _ in range(inner[key]):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            times[key].append((time.perf_counter() - start) / inner[key])
+            del out
+    return {k: (statistics.median(t), min(t), max(t)) for k, t in times.items()}
+
+
 # The copy ceiling is measured at most at this many elements (2^27: 512 MiB in f32, well
 # past every cache); larger rows use it.
 COPY_MAX_ELEMENTS = 1 << 27
