@@ -547,9 +547,10 @@ def plot_memory(sweep: list[dict], path: str, meta: dict) -> str:
     for i, v in enumerate(variants):
         rs = [r for r in sweep if r["variant"] == v]
         Ts = [r["T"] for r in rs]
-        ax.plot(Ts, [r["residual_bytes"] / 2**20 for r in rs], color=f"C{i}", linestyle="--",
-                marker="o", markersize=3, label=f"{v}: kept for backward")
         comp = [(r["T"], r["memory"]["total"] / 2**20) for r in rs if r["memory"].get("total")]
+        ax.plot(Ts, [r["residual_bytes"] / 2**20 for r in rs], color=f"C{i}", linestyle="--",
+                marker="o", markersize=3, label=f"{v}: kept for backward"
+                + ("" if comp else " (traced; not compiled on this device)"))
         if comp:
             ax.plot(*zip(*comp), color=f"C{i}", marker="s", markersize=3,
                     label=f"{v}: compiled step (XLA)")
