@@ -63,7 +63,7 @@ def test_neuron_speedups_are_against_the_best_plain_jax_row(tiny_run):
 
 def test_neuron_rows_show_the_residual_bytes_per_step(tiny_run, capsys):
     """T=8 x 64 f32: the reference scan keeps two f32 arrays per step (8 B), the plain-JAX
-    scan three (12 B; its custom_vjp saves u, the reset keeps h and s), plus a few scalars."""
+    scan three (12 B), plus a few scalars."""
     report, _ = tiny_run
     scalars = 64 / (8 * 64)
     for r in report["rows"]:
