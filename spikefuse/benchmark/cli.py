@@ -224,10 +224,9 @@ def format_table(report: dict) -> str:
                          "backward beyond x")
             extra, first = "  x jax  resid B", "case"
         else:
-            extra, first = "", "shape"
+            extra, first = f" {'x ref':>6}", "shape"
         lines.append(f"{first:<24} {'dtype':<8} {'mode':<7} {'backend':<10} {'ms':>9} "
-                     f"{'min..max':>19} {'elem/s':>8} {'GB/s':>8} {'%ceil':>6}"
-                     f"{'' if extra else ' ' + format('x ref', '>6')}{extra}")
+                     f"{'min..max':>19} {'elem/s':>8} {'GB/s':>8} {'%ceil':>6}{extra}")
         prev = None
         for r in rows:
             key = (r["shape"], r["dtype"])
@@ -445,10 +444,7 @@ def _run_models(args, opts, parser) -> int:
     print(f"# {len(report['rows'])} rows, {len(report['sweep'])} sweep points in "
           f"{report['meta']['seconds']:.1f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"# wrote {args.json}")
+        _write_json(args.json, report)
     if args.plot:
         if not report["sweep"]:
             print("error: --plot draws the memory sweep; --memory-T gave no T", file=sys.stderr)
@@ -457,19 +453,17 @@ def _run_models(args, opts, parser) -> int:
     return 0
 
 
+def _write_json(path, report):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"# wrote {path}")
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` subcommand: runs, prints the table, writes JSON / the chart."""
     parser = args.parser
     opts = _options(args, parser)
-    if args.models is not None:
-        if args.plot:
-            try:
-                from spikefuse.plot import _matplotlib
-                _matplotlib()
-            except ImportError as err:
-                print(f"error: --plot: {err}", file=sys.stderr)
-                return 2
-        return _run_models(args, opts, parser)
     if args.plot:  # fail before a long run, not after it
         try:
             from spikefuse.plot import _matplotlib
@@ -477,6 +471,8 @@ def run_bench(args: argparse.Namespace) -> int:
         except ImportError as err:
             print(f"error: --plot: {err}", file=sys.stderr)
             return 2
+    if args.models is not None:
+        return _run_models(args, opts, parser)
     meta_line = machine_info()
     print(f"# spikefuse bench | {meta_line['date']} | {meta_line['device']} "
           f"({meta_line['platform']}) | jax {meta_line['jax']} | commit {meta_line['commit']}")
@@ -494,10 +490,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print("# note:", note)
     print(f"# {len(report['rows'])} rows in {report['meta']['seconds']:.1f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"# wrote {args.json}")
+        _write_json(args.json, report)
     if args.plot:
         print(f"# wrote {plot_report(report, args.plot)}")
     return 0

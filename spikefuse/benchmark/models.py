@@ -12,7 +12,7 @@ could write it. Models (GPU sizes; ``--quick`` shrinks them for a CPU):
 
 Inputs are random Bernoulli spike trains (rate 0.2, different at every step) and random
 labels: the step's cost does not depend on what is learned. Weights are scaled on that
-input so that every layer fires (`init_params`; 5-12 % of neurons per step at the sizes
+input so that every layer fires (`init_params`; 6-13 % of neurons per step at the sizes
 here). Every LIF is spikefuse's default (tau=2, threshold 1, hard reset to 0, inputs
 decayed, Sigmoid(alpha=4)).
 
@@ -119,21 +119,30 @@ def _optax():
 
 
 # -- the network ------------------------------------------------------------------------
+def _walk(model: Model):
+    """``(kind, arg, shape_in, shape_out)`` per block, shapes per sample."""
+    shape = tuple(model.in_shape)
+    for kind, *arg in model.blocks:
+        if kind in ("dense", "readout"):
+            out = (arg[0],)
+        elif kind == "conv":
+            out = (*shape[:2], arg[0])
+        elif kind == "pool":
+            out = (shape[0] // 2, shape[1] // 2, shape[2])
+        else:  # flatten
+            out = (math.prod(shape),)
+        yield kind, arg, shape, out
+        shape = out
+
+
 def neuron_shapes(model: Model) -> list[tuple[int, ...]]:
     """The shape (per sample) of each LIF layer, in order."""
-    shape, out = tuple(model.in_shape), []
-    for kind, *arg in model.blocks:
-        if kind == "dense":
-            shape = (arg[0],)
-            out.append(shape)
-        elif kind == "conv":
-            shape = (*shape[:2], arg[0])
-            out.append(shape)
-        elif kind == "pool":
-            shape = (shape[0] // 2, shape[1] // 2, shape[2])
-        elif kind == "flatten":
-            shape = (math.prod(shape),)
-    return out
+    return [out for kind, _, _, out in _walk(model) if kind in ("dense", "conv")]
+
+
+def _lif(backend: str) -> LIF:
+    """The benchmark's neuron on ``backend``."""
+    return LIF(tau=TAU, v_threshold=V_TH, surrogate=sf.Sigmoid(alpha=ALPHA), backend=backend)
 
 
 def neuron_steps(model: Model) -> int:
@@ -152,19 +161,15 @@ def init_params(model: Model, seed: int = 0, x_seq=None) -> list[dict]:
     random bits compile slowly on a CPU.)
     """
     rng = np.random.default_rng(seed)
-    params, shape = [], tuple(model.in_shape)
-    for kind, *arg in model.blocks:
-        if kind in ("dense", "readout", "conv"):
-            w_shape = ((math.prod(shape), arg[0]) if kind != "conv"
-                       else (3, 3, shape[-1], arg[0]))
-            fan_in = math.prod(w_shape[:-1])
-            w = rng.standard_normal(w_shape, np.float32) / np.float32(math.sqrt(fan_in))
-            params.append({"w": jnp.asarray(w), "b": jnp.zeros((arg[0],), jnp.float32)})
-            shape = (*shape[:2], arg[0]) if kind == "conv" else (arg[0],)
-        else:
+    params = []
+    for kind, arg, shape, _ in _walk(model):
+        if kind in ("pool", "flatten"):
             params.append({})
-            shape = (shape[0] // 2, shape[1] // 2, shape[2]) if kind == "pool" else (
-                math.prod(shape),)
+            continue
+        w_shape = (3, 3, shape[-1], arg[0]) if kind == "conv" else (math.prod(shape), arg[0])
+        w = rng.standard_normal(w_shape, np.float32) / np.float32(
+            math.sqrt(math.prod(w_shape[:-1])))  # 1/sqrt(fan_in)
+        params.append({"w": jnp.asarray(w), "b": jnp.zeros((arg[0],), jnp.float32)})
     if x_seq is None:
         return params
     return _scaled_to(model, params, x_seq)
@@ -172,8 +177,7 @@ def init_params(model: Model, seed: int = 0, x_seq=None) -> list[dict]:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _scaled_to(model, params, x_seq):
-    neuron = LIF(tau=TAU, v_threshold=V_TH, surrogate=sf.Sigmoid(alpha=ALPHA),
-                 backend="reference")
+    neuron = _lif("reference")
     params = [dict(p) for p in params]
     h = x_seq
     for (kind, *_), p in zip(model.blocks, params):
@@ -240,9 +244,7 @@ def firing_rates(model: Model, params, x_seq) -> list[float]:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _rates(model, params, x_seq):
-    rates = []
-    neuron = LIF(tau=TAU, v_threshold=V_TH, surrogate=sf.Sigmoid(alpha=ALPHA),
-                 backend="reference")
+    rates, neuron = [], _lif("reference")
 
     def recording(z):
         out = neuron(z)
@@ -263,7 +265,7 @@ def lif_step(v, z, spike_fn):
 
 def single_step_forward(model, params, x_seq, spike_fn, unroll: int):
     """The time loop outside (``lax.scan``), every layer inside, one step at a time."""
-    B = model.batch
+    B = x_seq.shape[1]
 
     def step(vs, x_t):
         h, new, i = x_t, [], 0
@@ -304,9 +306,8 @@ def forward_fn(model: Model, variant: str, kernel_backend: str | None = None):
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
     if variant.startswith(("fused", "scan")):
-        backend = "reference" if variant.startswith("scan") else (kernel_backend or "interpret")
-        neuron = LIF(tau=TAU, v_threshold=V_TH, surrogate=sf.Sigmoid(alpha=ALPHA),
-                     backend=backend)
+        neuron = _lif("reference" if variant.startswith("scan")
+                      else kernel_backend or "interpret")
         remat = variant.endswith("+remat")
         return lambda params, x: multistep_forward(model, params, x, neuron, remat)
     spike = _spike_fn(variant)
@@ -318,10 +319,10 @@ def loss_fn(model: Model, variant: str, kernel_backend: str | None = None):
     """``f(params, x_seq, labels) -> mean softmax cross-entropy``."""
     forward = forward_fn(model, variant, kernel_backend)
 
+    cross_entropy = _optax().softmax_cross_entropy_with_integer_labels
+
     def loss(params, x_seq, labels):
-        logits = forward(params, x_seq)
-        logp = jax.nn.log_softmax(logits)
-        return -jnp.take_along_axis(logp, labels[:, None], axis=-1).mean()
+        return cross_entropy(forward(params, x_seq), labels).mean()
 
     return loss
 

@@ -21,29 +21,18 @@ def time_fn(fn, args, *, samples: int, min_sample_s: float):
     back to back to last about ``min_sample_s`` and ends with ``block_until_ready``, so host
     launch overhead is amortised the same way for every backend.
     """
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    one = time.perf_counter() - start
-    inner = max(1, min(100, int(min_sample_s / max(one, 1e-7))))
-    times = []
-    for _ in range(max(1, samples)):
-        start = time.perf_counter()
-        for _ in range(inner):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / inner)
-        del out
-    return statistics.median(times), min(times), max(times)
+    return time_interleaved({0: (fn, args)}, samples=samples, min_sample_s=min_sample_s)[0]
 
 
 def time_interleaved(calls: dict, *, samples: int, min_sample_s: float, on_first=None) -> dict:
-    """`time_fn` for several functions, their samples taken in turns.
+    """Times several functions, taking their samples in turns.
 
-    ``calls`` maps a key to ``(fn, args)``. Each function is warmed up in the order given
-    (``on_first(key)`` runs after its first call has finished, e.g. to read the device's
-    peak memory), then every round times one burst of each function in turn, so a change
+    ``calls`` maps a key to ``(fn, args)``. Each function is warmed up (compilation
+    included) in the order given — ``on_first(key)`` runs after its first call has
+    finished, e.g. to read the device's peak memory — and calibrated: a sample launches it
+    enough times back to back to last about ``min_sample_s`` and ends with
+    ``block_until_ready``, so host launch overhead is amortised alike for every backend.
+    Then each of ``samples`` rounds times one sample of every function in turn, so a change
     of load on a shared machine falls on all of them alike and their ratios stay
     comparable. Returns ``{key: (median, min, max)}`` seconds per call.
     """
@@ -98,7 +87,7 @@ def copy_ceilings(sizes, dtypes, *, samples: int, min_sample_s: float) -> list[d
 
     Each row is compared with the copy of its own size (`ceiling_for`): which cache level
     holds the data decides the bandwidth, most of all on a CPU, where a copy of 2^19
-    elements outside the rows' cache level once read a fifth of what rows of 2^18 reached.
+    elements outside the rows' cache level once read a ninth of what rows of 2^18 reached.
     """
     ns = sorted({min(int(n), COPY_MAX_ELEMENTS) for n in sizes})
     return [copy_ceiling(n, d, samples=samples, min_sample_s=min_sample_s)
