@@ -17,8 +17,9 @@ One command on a GPU (sized to finish in well under 3 minutes on an H200):
    ahead of time (compiles run in parallel threads), warmed up, then timed as the median
    over samples of back-to-back calls ended by ``block_until_ready`` (so launch overhead
    is amortised the same way for every backend).
-3. A copy ceiling (``x + 1``, read + write; fastest sample) at each case's size (capped at
-   2^27 elements), measured in the same run.
+3. A bandwidth ceiling at each case's size (capped at 2^27 elements), measured in the same
+   run: ``x + 1`` for the forward, ``x + 1`` then ``a + b`` for forward+backward (fastest
+   samples; timed again in turns with each case's rows, the best kept).
 4. A small sweep of alternative fused configs at three sizes, to tune the heuristic.
 
 Bytes per neuron-step, GB/s and "% copy" are counted as ``spikefuse/benchmark/neurons.py``
@@ -207,8 +208,9 @@ def main(argv=None):
     # Copy ceiling, per dtype, at each case's size (T * N elements, capped at 2^27).
     report["copy"] = copy_ceilings([T * N for T, N in cases], dtypes, samples=samples,
                                    min_sample_s=min_sample_s)
-    print("# copy ceiling: " + ", ".join(f"{c['dtype']} {c['elements']:,} {c['gbps']:.0f} GB/s"
-                                          for c in report["copy"]), flush=True)
+    print("# ceilings: " + ", ".join(f"{c['op']} {c['dtype']} {c['elements']:,} "
+                                      f"{c['gbps']:.0f} GB/s" for c in report["copy"]),
+          flush=True)
 
     def row_for(T, N, dt, mode, backend, sec, lo, hi, config=None):
         return bn.make_row(T, N, dt, mode, backend, sec, lo, hi, copy=report["copy"],

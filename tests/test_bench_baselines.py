@@ -1,5 +1,6 @@
 """The benchmark's baselines and ceilings: the plain-JAX LIF it compares with computes the
-library's LIF, and each row is held against the copy ceiling of its own size."""
+library's LIF, and each row is held against streaming kernels of its own size, reads and
+writes."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import pytest
 
 import spikefuse.neurons as sn
 from spikefuse.benchmark import neurons as bn
-from spikefuse.benchmark.timing import best_ceilings, ceiling_for, pct_of_ceiling
+from spikefuse.benchmark.timing import best_ceilings, ceiling_for, ceiling_gbps, pct_of_ceiling
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -35,25 +36,53 @@ def test_expert_lif_refuses_other_neurons():
         bn.make_fn("fwd", "jax", unroll=1, neuron=dict(tau=3.0))
 
 
-def _rec(dtype, elements, gbps):
-    return dict(dtype=dtype, elements=elements, gbps=gbps)
+BYTES_PER_ELEMENT = {"1r1w": 8, "2r1w": 12}  # f32 reads + writes
 
 
-def test_ceiling_is_the_fastest_copy_of_the_nearest_size():
-    copy = [_rec("float32", 1 << 18, 50.0), _rec("float32", 1 << 18, 70.0),
-            _rec("float32", 1 << 22, 10.0), _rec("bfloat16", 1 << 18, 40.0)]
-    assert ceiling_for(copy, "float32", 1 << 18)["gbps"] == 70.0  # same size, fastest
-    assert ceiling_for(copy, jnp.float32, (1 << 18) + 5)["gbps"] == 70.0
-    assert ceiling_for(copy, "float32", 1 << 21)["gbps"] == 10.0  # nearer in log scale
-    assert ceiling_for(copy, "float32", 1 << 40)["gbps"] == 10.0  # sizes past the cap
-    assert ceiling_for(copy, "bfloat16", 1 << 22)["gbps"] == 40.0  # its own dtype only
-    with pytest.raises(KeyError, match="float16"):
-        ceiling_for(copy, "float16", 1 << 18)
+def _rec(op, dtype, elements, gbps):
+    nbytes = BYTES_PER_ELEMENT[op] * elements
+    return dict(op=op, dtype=dtype, elements=elements, gbps=gbps, bytes=nbytes,
+                ms_min=nbytes / (gbps * 1e9) * 1e3)
+
+
+def test_ceiling_is_the_fastest_kernel_of_the_nearest_size():
+    copy = [_rec("1r1w", "float32", 1 << 18, 50.0), _rec("1r1w", "float32", 1 << 18, 70.0),
+            _rec("1r1w", "float32", 1 << 22, 10.0), _rec("1r1w", "bfloat16", 1 << 18, 40.0),
+            _rec("2r1w", "float32", 1 << 18, 90.0)]
+    assert ceiling_for(copy, "1r1w", "float32", 1 << 18)["gbps"] == 70.0  # same size, fastest
+    assert ceiling_for(copy, "1r1w", jnp.float32, (1 << 18) + 5)["gbps"] == 70.0
+    assert ceiling_for(copy, "1r1w", "float32", 1 << 21)["gbps"] == 10.0  # nearer in log scale
+    assert ceiling_for(copy, "1r1w", "float32", 1 << 40)["gbps"] == 10.0  # past the largest
+    assert ceiling_for(copy, "1r1w", "bfloat16", 1 << 22)["gbps"] == 40.0  # its own dtype only
+    assert ceiling_for(copy, "2r1w", "float32", 1 << 22)["gbps"] == 90.0  # its own kernel only
+    with pytest.raises(KeyError, match="2r1w"):
+        ceiling_for(copy, "2r1w", "bfloat16", 1 << 18)
     best = best_ceilings(copy)
-    assert sorted((c["dtype"], c["elements"], c["gbps"]) for c in best) == [
-        ("bfloat16", 1 << 18, 40.0), ("float32", 1 << 18, 70.0), ("float32", 1 << 22, 10.0)]
-    row = dict(dtype="float32", elements=1 << 18, gbps=35.0)
+    assert sorted((c["op"], c["dtype"], c["elements"], c["gbps"]) for c in best) == [
+        ("1r1w", "bfloat16", 1 << 18, 40.0), ("1r1w", "float32", 1 << 18, 70.0),
+        ("1r1w", "float32", 1 << 22, 10.0), ("2r1w", "float32", 1 << 18, 90.0)]
+
+
+def test_a_two_pass_row_is_held_against_both_kernels_one_after_the_other():
+    n = 1 << 18
+    copy = [_rec("1r1w", "float32", n, 60.0), _rec("2r1w", "float32", n, 90.0),
+            _rec("2r1w", "float32", n // 2, 30.0)]
+    # 8 + 12 bytes per element in 8/60 + 12/90 ns: 75 GB/s.
+    assert ceiling_gbps(copy, "1r1w+2r1w", "float32", n) == pytest.approx(75.0)
+    assert ceiling_gbps(copy, "2r1w", "float32", n) == pytest.approx(90.0)
+    row = dict(dtype="float32", elements=n, gbps=37.5, ceiling="1r1w+2r1w")
     assert pct_of_ceiling(row, copy) == pytest.approx(50.0)
+
+
+def test_streaming_kernels_read_and_write_what_their_names_say():
+    from spikefuse.benchmark.timing import STREAMS, stream_call
+
+    for op, want in BYTES_PER_ELEMENT.items():
+        fn, args = stream_call(op, 1000, "float32")
+        out = jax.eval_shape(fn, *args)
+        outs = out if isinstance(out, tuple) else (out,)
+        assert 4 * (len(args) + len(outs)) == want, op
+        assert STREAMS[op][:2] == (len(args), len(outs))
 
 
 def test_plain_jax_rows_are_in_every_neuron_job():

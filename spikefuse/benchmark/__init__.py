@@ -9,6 +9,6 @@ expert's plain JAX). ``models``: whole training steps of spiking networks, every
 could write them. ``cli``: the ``bench`` subcommand (table, JSON, plot).
 """
 
-from spikefuse.benchmark.timing import compile_all, copy_ceiling, git_commit, machine_info, time_fn
+from spikefuse.benchmark.timing import compile_all, copy_ceilings, git_commit, machine_info, time_fn
 
-__all__ = ["compile_all", "copy_ceiling", "git_commit", "machine_info", "time_fn"]
+__all__ = ["compile_all", "copy_ceilings", "git_commit", "machine_info", "time_fn"]

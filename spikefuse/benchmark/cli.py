@@ -2,9 +2,9 @@
 
 Runs the elementwise suite (``fire`` for every built-in shape × backend × fwd / bwd /
 fwd+bwd / fwd;bwd) and the neuron suite (multi-step LIF: fused kernels vs ``lax.scan`` with
-unroll 1, 8, 32, ours and an expert's plain JAX), measures a memory-copy ceiling
-(``x + 1``) at each row's size in the same run, prints a table and optionally writes JSON
-and a chart. ``--models`` instead times whole training steps of spiking networks (an MLP,
+unroll 1, 8, 32, ours and an expert's plain JAX), measures a bandwidth ceiling for each
+row in the same run (streaming kernels with its reads and writes, at its size), prints a
+table and optionally writes JSON and a chart. ``--models`` instead times whole training steps of spiking networks (an MLP,
 a VGG-style conv net, one long LIF layer) in every way a user could write them, with their
 memory, and sweeps training memory against T. Timing: compilation and warm-up excluded;
 every sample is a burst of back-to-back calls ended by ``block_until_ready``; the median
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from spikefuse.benchmark import elementwise as ew
 from spikefuse.benchmark import models as md
 from spikefuse.benchmark import neurons as nr
-from spikefuse.benchmark.timing import (best_ceilings, ceiling_for, copy_ceilings, machine_info,
-                                       on_gpu, pct_of_ceiling)
+from spikefuse.benchmark.timing import (best_ceilings, ceiling_for, machine_info, on_gpu,
+                                       pct_of_ceiling)
 from spikefuse.surrogate import registry
 
 QUICK = dict(size=1 << 18, dtypes="float32", repeats=5, min_sample_ms=5.0,
@@ -197,13 +197,14 @@ def _fmt_rate(x: float) -> str:
 
 
 def _ceiling_line(report, rows) -> str:
-    """The copy ceilings the rows are compared with, one per (dtype, size)."""
+    """The ceiling kernels the rows are compared with, one per (kernel, dtype, size)."""
     used = {}
     for r in rows:
-        c = ceiling_for(report["copy"], r["dtype"], r["elements"])
-        used[c["dtype"], c["elements"]] = c
-    return ", ".join(f"{d} {n:,} elements {c['gbps']:.1f} GB/s"
-                     for (d, n), c in sorted(used.items()))
+        for op in r["ceiling"].split("+"):
+            c = ceiling_for(report["copy"], op, r["dtype"], r["elements"])
+            used[c["op"], c["dtype"], c["elements"]] = c
+    return ", ".join(f"{op} {d} {n:,}: {c['gbps']:.1f} GB/s"
+                     for (op, d, n), c in sorted(used.items()))
 
 
 def format_table(report: dict) -> str:
@@ -216,8 +217,10 @@ def format_table(report: dict) -> str:
         title = ("elementwise: fire(v, 0.5, Shape()) at default parameters" if suite == "elementwise"
                  else "neurons: multi-step LIF (tau=2, hard reset, Sigmoid), loss through s and v")
         lines.append(f"\n## {title}")
-        lines.append("# copy ceiling (x + 1, read + write; fastest sample, at each row's size) "
-                     f"measured in this run: {_ceiling_line(report, rows)}")
+        lines.append("# %ceil: of the streaming kernels with the row's reads and writes per "
+                     "element (1r1w: x + 1, 2r1w: a + b; one after the other where the row "
+                     "counts two passes), at its size, timed in turns with it, fastest "
+                     f"sample. Measured in this run: {_ceiling_line(report, rows)}")
         if suite == "neurons":
             lines.append("# x jax: speed-up over the best plain-JAX lax.scan (jax-u*) of the "
                          "same case and mode; resid B: bytes per neuron-step kept for the "
@@ -248,7 +251,7 @@ def format_table(report: dict) -> str:
 
 
 def plot_report(report: dict, path: str) -> str:
-    """A chart of the report's figures: GB/s per row, grouped by backend, copy ceiling dashed."""
+    """A chart of the report's figures: GB/s per row, grouped by backend, the copy dashed."""
     from spikefuse.plot import _matplotlib  # the same lazy import and install hint
 
     Figure, Canvas = _matplotlib()
@@ -281,9 +284,9 @@ def plot_report(report: dict, path: str) -> str:
         for k, d in enumerate(dtypes):
             sizes = {r["elements"] for r in rows if r["dtype"] == d}
             if sizes:  # the highest ceiling of the panel's sizes
-                gbps = max(ceiling_for(report["copy"], d, n)["gbps"] for n in sizes)
+                gbps = max(ceiling_for(report["copy"], "1r1w", d, n)["gbps"] for n in sizes)
                 ax.axhline(gbps, color=f"C{len(backends) + k}", linestyle="--", linewidth=1,
-                           label=f"copy ceiling {d}")
+                           label=f"copy (x + 1) {d}")
         labels = [s if len(dtypes) == 1 else f"{s}\n{d}" for s, d in groups]
         ax.set_xticks(range(len(groups)), labels, rotation=45 if suite == "elementwise" else 0,
                       ha="right" if suite == "elementwise" else "center", fontsize=8)
@@ -342,18 +345,13 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
     if run_nr:
         total += (len(opts["cases"]) * len(opts["dtypes"]) * len(nr.MODES)
                   * len(nr.row_labels(opts["kernel_backend"])))
-
-    def measure_copy(elements, dtype):  # before each case: the best of all counts (below)
-        report["copy"] += copy_ceilings([elements], [dtype], samples=opts["repeats"],
-                                        min_sample_s=opts["min_sample_s"])
-
     bar = _Progress(total, progress)
     try:
         if run_ew:
             report["rows"] += ew.run(ew_cases, ew_backends, modes=opts["modes"],
                                      copy=report["copy"], samples=opts["repeats"],
                                      min_sample_s=opts["min_sample_s"], threads=opts["threads"],
-                                     progress=bar, meta=row_meta, before_case=measure_copy)
+                                     progress=bar, meta=row_meta)
         if run_nr:
             compiled = nr.compile_all_jobs(opts["cases"], opts["dtypes"], opts["kernel_backend"],
                                            threads=opts["threads"])
@@ -361,10 +359,10 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
                                           opts["kernel_backend"], copy=report["copy"],
                                           samples=opts["repeats"],
                                           min_sample_s=opts["min_sample_s"], progress=bar,
-                                          meta=row_meta, before_case=measure_copy)
+                                          meta=row_meta)
     finally:
         bar.close()
-    report["copy"] = best_ceilings(report["copy"])
+    report["copy"] = best_ceilings(report["copy"])  # each case timed its ceiling kernels
     for r in report["rows"]:  # each row against the best copy of its size in the whole run
         r["pct_copy"] = pct_of_ceiling(r, report["copy"])
     report["meta"]["seconds"] = time.perf_counter() - t0

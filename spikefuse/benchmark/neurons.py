@@ -20,7 +20,9 @@ per-neuron terms such as v0, v_final, dv0 divided by T):
     fwd+bwd  + checkpoints (written, read back): 2*4/K; bwd reads x and the spike
              cotangent, writes dx:                          5b + 8/K
 The same count divides every row's time, so GB/s and "% copy" of a lax.scan row are an
-effective rate (XLA moves more bytes than that).
+effective rate (XLA moves more bytes than that). The ceiling (``CEILING``): x + 1 over T*N
+elements for fwd; for fwd+bwd, x + 1 then a + b (the forward's read and write, then the
+backward's two reads and a write), at the case's size, timed in turns with the rows.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import jax.numpy as jnp
 
 import spikefuse.neurons as sn
 from spikefuse.benchmark.memory import residual_bytes
-from spikefuse.benchmark.timing import pct_of_ceiling, time_fn
+from spikefuse.benchmark.timing import (ceiling_calls, ceiling_records, pct_of_ceiling,
+                                       time_interleaved)
 from spikefuse.kernels import scan
 
 M = 1 << 20
@@ -38,6 +41,7 @@ CASES = [(8, 4 * M), (32, 4 * M), (64, 65536), (128, M), (1024, 4096)]  # (T, N)
 QUICK_CASES = [(32, 16384), (256, 1024)]  # CPU-sized
 UNROLLS = (1, 8, 32)
 MODES = ("fwd", "fwd+bwd")
+CEILING = {"fwd": "1r1w", "fwd+bwd": "1r1w+2r1w"}  # kernels of timing.STREAMS
 NEURON = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True)
 ALPHA = 4.0  # the Sigmoid surrogate's default, which the library rows use
 
@@ -159,15 +163,16 @@ def kept_bytes_per_step(fn, T, N, dt) -> float:
 
 def make_row(T, N, dt, mode, label, sec, lo, hi, *, copy, config=None, kernel_backend=None,
              meta=None, residual=None) -> dict:
-    """One self-describing row; ``copy``: the run's copy-ceiling records (the one of T*N
-    elements is used); ``residual``: bytes per neuron-step kept for the backward."""
+    """One self-describing row; ``copy``: the run's ceiling records (those of T*N elements
+    are used); ``residual``: bytes per neuron-step kept for the backward."""
     dt = jnp.dtype(dt)
     config = config or scan.default_config(T, N, dt)
     nbytes = fused_bytes(T, N, dt.itemsize, config.chunk, mode)  # scan rows: effective rate
     row = dict(meta or {}, suite="neurons", op="lif", shape=f"T={T} N={N}", T=T, N=N,
                backend=label, mode=mode, dtype=dt.name, elements=T * N, ms=sec * 1e3,
                ms_min=lo * 1e3, ms_max=hi * 1e3, elements_per_s=T * N / sec, bytes=nbytes,
-               bytes_per_step=nbytes / (T * N), gbps=nbytes / sec / 1e9)
+               bytes_per_step=nbytes / (T * N), gbps=nbytes / sec / 1e9,
+               ceiling=CEILING[mode])
     row["pct_copy"] = pct_of_ceiling(row, copy)
     if residual is not None:
         row["residual_bytes_per_step"] = residual
@@ -191,34 +196,37 @@ def add_speedups(group: list[dict]) -> None:
 
 def time_all(compiled, cases, dtypes, kernel_backend, *, copy, samples, min_sample_s,
              config=None, modes=MODES, progress=None, meta=None, after_case=None,
-             unrolls=None, before_case=None) -> list[dict]:
-    """Times the compiled functions of ``jobs``; each row gets `add_speedups`' ratios and,
-    for fwd+bwd, the residual bytes per neuron-step its backward keeps.
-    ``before_case(T * N, dtype)`` (optional) runs before each case's timings."""
+             unrolls=None) -> list[dict]:
+    """Times the compiled functions of ``jobs``, a case's (every mode and label) and its
+    ceiling kernels (``CEILING``) in turns (``timing.time_interleaved``); their records are
+    appended to ``copy``. Each row gets `add_speedups`' ratios and, for fwd+bwd, the
+    residual bytes per neuron-step its backward keeps."""
     unrolls = unrolls or {u: u for u in UNROLLS}
     rows = []
     for T, N in cases:
         for dt in map(jnp.dtype, dtypes):
             args = random_inputs(T, N, dt)
-            if before_case:
-                before_case(T * N, dt)
+            calls = {(mode, label): (compiled[(T, N, dt.name, mode, label)], args)
+                     for mode in modes for label in row_labels(kernel_backend)}
+            calls.update(ceiling_calls([CEILING[m] for m in modes], T * N, dt))
+            times = time_interleaved(calls, samples=samples, min_sample_s=min_sample_s)
+            copy += ceiling_records(times)
             for mode in modes:
                 group = []
                 for label in row_labels(kernel_backend):
-                    sec, lo, hi = time_fn(compiled[(T, N, dt.name, mode, label)], args,
-                                          samples=samples, min_sample_s=min_sample_s)
                     residual = None
                     if mode == "fwd+bwd":
                         fwd = _label_fn(label, "fwd", kernel_backend, unrolls, config)
                         residual = kept_bytes_per_step(fwd, T, N, dt)
-                    group.append(make_row(T, N, dt, mode, label, sec, lo, hi, copy=copy,
-                                          config=config, kernel_backend=kernel_backend,
-                                          meta=meta, residual=residual))
+                    group.append(make_row(T, N, dt, mode, label, *times[(mode, label)],
+                                          copy=copy, config=config,
+                                          kernel_backend=kernel_backend, meta=meta,
+                                          residual=residual))
                     if progress:
                         progress(group[-1])
                 add_speedups(group)
                 rows += group
-            del args
+            del args, calls
         if after_case:
             after_case(T, N, rows)
     return rows
