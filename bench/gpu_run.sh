@@ -2,7 +2,7 @@
 # The one prepared GPU script: correctness of the compiled kernels, then the benchmarks.
 # Run on the GPU machine from the repo root: `bash bench/gpu_run.sh` (writes logs to $OUT,
 # or ./out when OUT is unset). Every step has its own time limit; the whole run is sized to
-# finish in about 7 minutes on an H200.
+# finish in about 7 minutes on an H200, plus up to 5 for the model benchmark.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -28,4 +28,16 @@ step elementwise 120 python3 bench/elementwise.py --out "$OUT"
 step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 if [ -f bench/neurons.py ]; then
   step neurons 210 python3 bench/neurons.py --out "$OUT"
+fi
+# Whole training steps (bench --models) need optax; the GPU machine cannot reach a package
+# registry, so install it from a wheelhouse carried in ./.whl when it is missing
+# (pip download optax -d .whl on a machine with access).
+if ! python3 -c "import optax" 2>/dev/null && [ -d .whl ]; then
+  python3 -m pip install -q --no-index --find-links .whl optax 2>&1 | tail -n 3
+fi
+if python3 -c "import optax" 2>/dev/null; then
+  step models 300 python3 -m spikefuse bench --models --json "$OUT/models.json" \
+    --plot "$OUT/models-memory.png" --no-progress
+else
+  echo "=== models: skipped (optax is not importable; carry a wheelhouse in ./.whl) ==="
 fi

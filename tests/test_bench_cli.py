@@ -33,12 +33,12 @@ def test_json_is_complete_and_figures_positive_finite(tiny_run, capsys):
     backends = set(ew.available_backends())
     ew_rows = [r for r in report["rows"] if r["suite"] == "elementwise"]
     nr_rows = [r for r in report["rows"] if r["suite"] == "neurons"]
-    # 2 shapes x backends x 4 modes; 1 case x 2 modes x scan-u1/8/32.
+    # 2 shapes x backends x 4 modes; 1 case x 2 modes x (scan-u1/8/32 + jax-u1/8/32).
     assert len(ew_rows) == 2 * len(backends) * len(ew.MODES)
     assert {r["shape"] for r in ew_rows} == {"Sigmoid", "Arctan"}
     assert {r["backend"] for r in ew_rows} == backends
-    assert len(nr_rows) == 2 * 3 and {r["backend"] for r in nr_rows} == {
-        "scan-u1", "scan-u8", "scan-u32"}
+    assert len(nr_rows) == 2 * 6 and {r["backend"] for r in nr_rows} == {
+        "scan-u1", "scan-u8", "scan-u32", "jax-u1", "jax-u8", "jax-u32"}
     for r in report["rows"]:
         for key in ("ms", "ms_min", "ms_max", "elements_per_s", "gbps", "pct_copy",
                     "speedup_vs_reference"):
@@ -46,8 +46,63 @@ def test_json_is_complete_and_figures_positive_finite(tiny_run, capsys):
         assert r["ms_min"] <= r["ms"] <= r["ms_max"]
         for key in ("device", "jax", "commit", "dtype", "mode", "op"):
             assert r[key], key  # every row self-describing
-    for c in report["copy"].values():
+    for c in report["copy"]:
         assert math.isfinite(c["gbps"]) and c["gbps"] > 0
+
+
+def test_neuron_speedups_are_against_the_best_plain_jax_row(tiny_run):
+    report, _ = tiny_run
+    for mode in ("fwd", "fwd+bwd"):
+        group = [r for r in report["rows"] if r["suite"] == "neurons" and r["mode"] == mode]
+        best = min(r["ms"] for r in group if r["backend"].startswith("jax-"))
+        for r in group:
+            assert r["speedup_vs_best_jax"] == pytest.approx(best / r["ms"])
+        assert max(r["speedup_vs_best_jax"] for r in group if r["backend"].startswith("jax-")) \
+            == pytest.approx(1.0)
+
+
+def test_neuron_rows_show_the_residual_bytes_per_step(tiny_run, capsys):
+    """T=8 x 64 f32: the reference scan keeps two f32 arrays per step (8 B), the plain-JAX
+    scan three (12 B), plus a few scalars."""
+    report, _ = tiny_run
+    scalars = 64 / (8 * 64)
+    for r in report["rows"]:
+        if r["suite"] != "neurons":
+            continue
+        if r["mode"] == "fwd":
+            assert "residual_bytes_per_step" not in r
+        elif r["backend"].startswith("scan-"):
+            assert 8.0 <= r["residual_bytes_per_step"] <= 8.0 + scalars
+        else:
+            assert 12.0 <= r["residual_bytes_per_step"] <= 12.0 + scalars
+
+
+# The kernels each row's ceiling is timed with, written out: fwd reads and writes one array,
+# bwd reads two and writes one, fwd+bwd and fwd;bwd are both passes (1r1w then 2r1w).
+CEILING_KERNELS = {("elementwise", "fwd"): ["1r1w"], ("elementwise", "bwd"): ["2r1w"],
+                   ("elementwise", "fwd+bwd"): ["1r1w", "2r1w"],
+                   ("elementwise", "fwd;bwd"): ["1r1w", "2r1w"],
+                   ("neurons", "fwd"): ["1r1w"], ("neurons", "fwd+bwd"): ["1r1w", "2r1w"]}
+ARRAYS = {"1r1w": 2, "2r1w": 3}
+
+
+def test_each_row_is_held_against_the_best_kernels_of_its_own_size(tiny_run):
+    report, _ = tiny_run
+    copy = report["copy"]
+    keys = [(c["op"], c["dtype"], c["elements"]) for c in copy]
+    assert len(set(keys)) == len(keys)  # the best of each kept, once
+    for c in copy:  # from the fastest sample
+        assert c["bytes"] == ARRAYS[c["op"]] * 4 * c["elements"]
+        assert c["gbps"] == pytest.approx(c["bytes"] / (c["ms_min"] / 1e3) / 1e9)
+    for r in report["rows"]:
+        recs = []
+        for op in CEILING_KERNELS[r["suite"], r["mode"]]:
+            same = [c for c in copy if (c["op"], c["dtype"], c["elements"]) ==
+                    (op, r["dtype"], r["elements"])]
+            assert len(same) == 1, (op, r)  # measured at exactly the row's size
+            recs += same
+        ceiling = sum(c["bytes"] for c in recs) / sum(c["ms_min"] / 1e3 for c in recs) / 1e9
+        assert r["pct_copy"] == pytest.approx(100 * r["gbps"] / ceiling)
 
 
 def test_png_opens(tiny_run):
@@ -61,7 +116,7 @@ def test_png_opens(tiny_run):
 def test_table_printed(tmp_path, capsys):
     assert cli.main(TINY[:1] + ["--suite", "elementwise"] + TINY[2:]) == 0
     out = capsys.readouterr().out
-    assert "copy ceiling" in out and "Sigmoid" in out and "Arctan" in out
+    assert "%ceil" in out and "1r1w" in out and "Sigmoid" in out and "Arctan" in out
     assert "neurons:" not in out
 
 

@@ -2,8 +2,11 @@
 
 Runs the elementwise suite (``fire`` for every built-in shape × backend × fwd / bwd /
 fwd+bwd / fwd;bwd) and the neuron suite (multi-step LIF: fused kernels vs ``lax.scan`` with
-unroll 1, 8, 32), measures a memory-copy ceiling (``x + 1``) in the same run, prints a
-table and optionally writes JSON and a chart. Timing: compilation and warm-up excluded;
+unroll 1, 8, 32, ours and an expert's plain JAX), measures a bandwidth ceiling for each
+row in the same run (streaming kernels with its reads and writes, at its size), prints a
+table and optionally writes JSON and a chart. ``--models`` instead times whole training steps of spiking networks (an MLP,
+a VGG-style conv net, one long LIF layer) in every way a user could write them, with their
+memory, and sweeps training memory against T. Timing: compilation and warm-up excluded;
 every sample is a burst of back-to-back calls ended by ``block_until_ready``; the median
 (and min..max) of ``--repeats`` samples is reported.
 """
@@ -20,8 +23,10 @@ import time
 import jax.numpy as jnp
 
 from spikefuse.benchmark import elementwise as ew
+from spikefuse.benchmark import models as md
 from spikefuse.benchmark import neurons as nr
-from spikefuse.benchmark.timing import copy_ceiling, machine_info, on_gpu
+from spikefuse.benchmark.timing import (best_ceilings, ceiling_for, machine_info, on_gpu,
+                                       pct_of_ceiling)
 from spikefuse.surrogate import registry
 
 QUICK = dict(size=1 << 18, dtypes="float32", repeats=5, min_sample_ms=5.0,
@@ -75,13 +80,24 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
         epilog="Examples:\n  python -m spikefuse bench --quick            # CPU-sized, < 90 s\n"
                "  python -m spikefuse bench --json out.json --plot out.png   # GPU-sized\n"
                "  python -m spikefuse bench --suite elementwise --shapes Sigmoid,Arctan "
-               "--size 2^20")
+               "--size 2^20\n"
+               "  python -m spikefuse bench --models --quick --plot memory.png  # models, CPU")
     p.add_argument("--quick", action="store_true",
                    help="CPU-sized run: 2^18 elements, float32, 5 repeats, neuron cases "
                         "32x16384 and 256x1024 (finishes in about a minute on 2 CPU cores). "
                         "Explicit options still override it.")
-    p.add_argument("--suite", choices=("all", "elementwise", "neurons"), default="all",
+    p.add_argument("--suite", choices=("all", "elementwise", "neurons"), default=None,
                    help="which suite to run (default all)")
+    p.add_argument("--models", type=_csv, nargs="?", const=list(md.MODELS), default=None,
+                   metavar="NAME[,NAME...]",
+                   help="time whole training steps instead of the kernel suites: "
+                        f"{', '.join(md.MODELS)} (default all three), each as "
+                        f"{', '.join(md.VARIANTS)}; then training memory vs T of one LIF "
+                        "layer (--plot draws it). Needs optax (the bench extra).")
+    p.add_argument("--memory-T", type=lambda t: [parse_size(x) for x in _csv(t)], default=None,
+                   metavar="T[,T...]", dest="memory_T",
+                   help="--models: the sequence lengths of the memory sweep (default "
+                        + ",".join(map(str, md.MEMORY_TS)) + ")")
     p.add_argument("--shapes", type=_csv, default=None, metavar="NAME[,NAME...]",
                    help="elementwise shapes by class or functional name, comma-separated "
                         f"(default all {len(registry.SHAPES)}: {', '.join(registry.names())})")
@@ -98,9 +114,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backends", type=_csv, default=None, metavar="NAME[,NAME...]",
                    help="backends to time: reference (always the baseline), pallas (GPU), "
                         "interpret (the kernels interpreted on any device: slow, timings "
-                        "meaningless, never chosen by default), braintools (elementwise only, "
-                        "when importable). Default: reference, pallas on a GPU, braintools "
-                        "when importable. An unavailable backend is an error.")
+                        "meaningless, never chosen by default), braintools (the elementwise "
+                        "rows and --models' step-braintools, when importable). Default: "
+                        "reference, pallas on a GPU, braintools when importable. An "
+                        "unavailable backend is an error.")
     p.add_argument("--modes", type=_csv, default=None, metavar="MODE[,MODE...]",
                    help="elementwise modes: fwd, bwd, fwd+bwd (the cotangent visible to "
                         "XLA), fwd;bwd (a barrier between them, as in training) (default all)")
@@ -126,7 +143,7 @@ def _options(args, parser):
     """Resolves defaults (quick or full) and validates; errors exit 2 via ``parser.error``."""
     base = QUICK if args.quick else FULL
     opts = dict(
-        suite=args.suite,
+        suite=args.suite or "all",
         size=args.size or base["size"],
         dtypes=args.dtypes or _csv(base["dtypes"]),
         repeats=args.repeats if args.repeats is not None else base["repeats"],
@@ -179,6 +196,17 @@ def _fmt_rate(x: float) -> str:
     return f"{x:.0f}"
 
 
+def _ceiling_line(report, rows) -> str:
+    """The ceiling kernels the rows are compared with, one per (kernel, dtype, size)."""
+    used = {}
+    for r in rows:
+        for op in r["ceiling"].split("+"):
+            c = ceiling_for(report["copy"], op, r["dtype"], r["elements"])
+            used[c["op"], c["dtype"], c["elements"]] = c
+    return ", ".join(f"{op} {d} {n:,}: {c['gbps']:.1f} GB/s"
+                     for (op, d, n), c in sorted(used.items()))
+
+
 def format_table(report: dict) -> str:
     """The terminal table: one line per row, grouped by suite."""
     lines = []
@@ -189,31 +217,41 @@ def format_table(report: dict) -> str:
         title = ("elementwise: fire(v, 0.5, Shape()) at default parameters" if suite == "elementwise"
                  else "neurons: multi-step LIF (tau=2, hard reset, Sigmoid), loss through s and v")
         lines.append(f"\n## {title}")
-        ceil = ", ".join(f"{k} {v['gbps']:.1f} GB/s" for k, v in report["copy"].items())
-        lines.append(f"# copy ceiling (x + 1, read + write) measured in this run: {ceil}")
-        extra = "  x best" if suite == "neurons" else ""
-        first = "case" if suite == "neurons" else "shape"
+        lines.append("# %ceil: of the streaming kernels with the row's reads and writes per "
+                     "element (1r1w: x + 1, 2r1w: a + b; one after the other where the row "
+                     "counts two passes), at its size, timed in turns with it, fastest "
+                     f"sample. Measured in this run: {_ceiling_line(report, rows)}")
+        if suite == "neurons":
+            lines.append("# x jax: speed-up over the best plain-JAX lax.scan (jax-u*) of the "
+                         "same case and mode; resid B: bytes per neuron-step kept for the "
+                         "backward beyond x")
+            extra, first = "  x jax  resid B", "case"
+        else:
+            extra, first = f" {'x ref':>6}", "shape"
         lines.append(f"{first:<24} {'dtype':<8} {'mode':<7} {'backend':<10} {'ms':>9} "
-                     f"{'min..max':>19} {'elem/s':>8} {'GB/s':>8} {'%ceil':>6} {'x ref':>6}{extra}")
+                     f"{'min..max':>19} {'elem/s':>8} {'GB/s':>8} {'%ceil':>6}{extra}")
         prev = None
         for r in rows:
             key = (r["shape"], r["dtype"])
             if prev is not None and key != prev:
                 lines.append("")
             prev = key
-            baseline = r["backend"] in ("reference", "scan-u1")  # x ref of itself: left blank
-            sp = (f"{r['speedup_vs_reference']:6.2f}" if "speedup_vs_reference" in r
-                  and not baseline else " " * 6)
-            best = f"  {r['speedup_vs_best_scan']:6.2f}" if "speedup_vs_best_scan" in r else ""
-            lines.append(f"{r['shape']:<24} {r['dtype']:<8} {r['mode']:<7} {r['backend']:<10} "
-                         f"{r['ms']:9.3f} {r['ms_min']:9.3f}..{r['ms_max']:<8.3f} "
-                         f"{_fmt_rate(r['elements_per_s']):>8} {r['gbps']:8.2f} "
-                         f"{r['pct_copy']:5.1f}% {sp}{best}")
+            line = (f"{r['shape']:<24} {r['dtype']:<8} {r['mode']:<7} {r['backend']:<10} "
+                    f"{r['ms']:9.3f} {r['ms_min']:9.3f}..{r['ms_max']:<8.3f} "
+                    f"{_fmt_rate(r['elements_per_s']):>8} {r['gbps']:8.2f} "
+                    f"{r['pct_copy']:5.1f}%")
+            if suite == "neurons":
+                resid = r.get("residual_bytes_per_step")
+                line += (f"  {r['speedup_vs_best_jax']:5.2f}"
+                         + (f"  {resid:7.3f}" if resid is not None else ""))
+            elif r["backend"] != "reference" and "speedup_vs_reference" in r:
+                line += f" {r['speedup_vs_reference']:6.2f}"
+            lines.append(line.rstrip())
     return "\n".join(lines)
 
 
 def plot_report(report: dict, path: str) -> str:
-    """A chart of the report's figures: GB/s per row, grouped by backend, copy ceiling dashed."""
+    """A chart of the report's figures: GB/s per row, grouped by backend, the copy dashed."""
     from spikefuse.plot import _matplotlib  # the same lazy import and install hint
 
     Figure, Canvas = _matplotlib()
@@ -244,9 +282,11 @@ def plot_report(report: dict, path: str) -> str:
                     ys.append(r["gbps"])
             ax.bar(xs, ys, width=width, label=b)
         for k, d in enumerate(dtypes):
-            if d in report["copy"]:
-                ax.axhline(report["copy"][d]["gbps"], color=f"C{len(backends) + k}",
-                           linestyle="--", linewidth=1, label=f"copy ceiling {d}")
+            sizes = {r["elements"] for r in rows if r["dtype"] == d}
+            if sizes:  # the highest ceiling of the panel's sizes
+                gbps = max(ceiling_for(report["copy"], "1r1w", d, n)["gbps"] for n in sizes)
+                ax.axhline(gbps, color=f"C{len(backends) + k}", linestyle="--", linewidth=1,
+                           label=f"copy (x + 1) {d}")
         labels = [s if len(dtypes) == 1 else f"{s}\n{d}" for s, d in groups]
         ax.set_xticks(range(len(groups)), labels, rotation=45 if suite == "elementwise" else 0,
                       ha="right" if suite == "elementwise" else "center", fontsize=8)
@@ -293,7 +333,7 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
     row_meta = {k: meta[k] for k in ("device", "jax", "commit")}
     report = dict(meta=dict(meta, command=command, options={
         k: v for k, v in opts.items() if k != "cases"}, neuron_cases=opts["cases"]),
-        copy={}, rows=[], notes=[])
+        copy=[], rows=[], notes=[])
     if opts["kernel_backend"] == "interpret":
         report["notes"].append("'interpret' runs the Pallas kernels interpreted: its timings "
                                "say nothing about kernel speed")
@@ -305,12 +345,6 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
     if run_nr:
         total += (len(opts["cases"]) * len(opts["dtypes"]) * len(nr.MODES)
                   * len(nr.row_labels(opts["kernel_backend"])))
-    copy_n = max([opts["size"] if run_ew else 0]
-                 + ([max(T * N for T, N in opts["cases"])] if run_nr else []))
-    copy_n = min(copy_n, nr.COPY_ELEMENTS)
-    for d in opts["dtypes"]:
-        report["copy"][d] = copy_ceiling(copy_n, d, samples=opts["repeats"],
-                                         min_sample_s=opts["min_sample_s"])
     bar = _Progress(total, progress)
     try:
         if run_ew:
@@ -328,6 +362,9 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
                                           meta=row_meta)
     finally:
         bar.close()
+    report["copy"] = best_ceilings(report["copy"])  # each case timed its ceiling kernels
+    for r in report["rows"]:  # each row against the best copy of its size in the whole run
+        r["pct_copy"] = pct_of_ceiling(r, report["copy"])
     report["meta"]["seconds"] = time.perf_counter() - t0
     return report
 
@@ -336,6 +373,89 @@ def _check_finite(report):
     bad = [r for r in report["rows"] if not (math.isfinite(r["ms"]) and r["ms"] > 0)]
     if bad:
         report["notes"].append(f"{len(bad)} rows with a non-positive or non-finite time")
+
+
+def bench_models(opts: dict, model_names, memory_Ts, *, progress: bool = False,
+                 command: str = "") -> dict:
+    """Runs the model suite and the memory sweep; returns the report {meta, rows, sweep}."""
+    t0 = time.perf_counter()
+    meta = machine_info()
+    row_meta = {k: meta[k] for k in ("device", "jax", "commit")}
+    table = md.QUICK_MODELS if opts["quick"] else md.MODELS
+    models = [table[n] for n in model_names]
+    kernel = opts["kernel_backend"]
+    braintools = "braintools" in opts["backends"]
+    report = dict(meta=dict(meta, command=command, options=dict(
+        quick=opts["quick"], repeats=opts["repeats"], min_sample_s=opts["min_sample_s"],
+        backends=opts["backends"], models=model_names, memory_T=list(memory_Ts))),
+        rows=[], sweep=[], notes=[])
+    if kernel == "interpret":
+        report["notes"].append("'interpret' runs the Pallas kernels interpreted: the fused "
+                               "rows' times and XLA memory say nothing about the kernels")
+    elif kernel is None:
+        report["notes"].append("fused rows: no kernel backend here (the Pallas kernels need "
+                               "a GPU); only what their backward keeps is counted (traced)")
+    bar = _Progress(len(models) * len(md.available_variants(kernel, braintools)), progress)
+    try:
+        report["rows"] = md.run(models, kernel, samples=opts["repeats"],
+                                min_sample_s=opts["min_sample_s"], threads=opts["threads"],
+                                braintools=braintools, progress=bar, meta=row_meta)
+    finally:
+        bar.close()
+    if memory_Ts:
+        report["sweep"] = md.memory_sweep(table["long"], memory_Ts, kernel,
+                                          threads=opts["threads"])
+    report["meta"]["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def _run_models(args, opts, parser) -> int:
+    bad = [flag for flag, given in (("--suite", args.suite), ("--shapes", args.shapes),
+                                    ("--size", args.size), ("--cases", args.cases),
+                                    ("--modes", args.modes), ("--dtypes", args.dtypes))
+           if given is not None]
+    if bad:
+        parser.error(f"--models times float32 training steps; {', '.join(bad)} apply to the "
+                     "kernel suites")
+    unknown = [m for m in args.models if m not in md.MODELS]
+    if unknown or not args.models:
+        parser.error(f"--models: unknown {', '.join(unknown) or 'empty list'} "
+                     f"(choose from {', '.join(md.MODELS)})")
+    memory_Ts = md.MEMORY_TS if args.memory_T is None else args.memory_T
+    try:
+        md._optax()
+    except ImportError as err:
+        print(f"error: --models: {err}", file=sys.stderr)
+        return 2
+    meta_line = machine_info()
+    print(f"# spikefuse bench --models | {meta_line['date']} | {meta_line['device']} "
+          f"({meta_line['platform']}) | jax {meta_line['jax']} | commit {meta_line['commit']}")
+    print(f"# models {','.join(args.models)} ({'quick' if args.quick else 'full'} sizes) | "
+          f"kernels: {opts['kernel_backend'] or 'none here'} | {opts['repeats']} repeats "
+          "(median)", flush=True)
+    report = bench_models(dict(opts, quick=args.quick), args.models, memory_Ts,
+                          progress=not args.no_progress and sys.stdout.isatty(),
+                          command="python -m spikefuse bench " + " ".join(args.argv or []))
+    print(md.format_table(report["rows"], report["sweep"]))
+    for note in report["notes"]:
+        print("# note:", note)
+    print(f"# {len(report['rows'])} rows, {len(report['sweep'])} sweep points in "
+          f"{report['meta']['seconds']:.1f} s")
+    if args.json:
+        _write_json(args.json, report)
+    if args.plot:
+        if not report["sweep"]:
+            print("error: --plot draws the memory sweep; --memory-T gave no T", file=sys.stderr)
+            return 2
+        print(f"# wrote {md.plot_memory(report['sweep'], args.plot, report['meta'])}")
+    return 0
+
+
+def _write_json(path, report):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"# wrote {path}")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -349,6 +469,8 @@ def run_bench(args: argparse.Namespace) -> int:
         except ImportError as err:
             print(f"error: --plot: {err}", file=sys.stderr)
             return 2
+    if args.models is not None:
+        return _run_models(args, opts, parser)
     meta_line = machine_info()
     print(f"# spikefuse bench | {meta_line['date']} | {meta_line['device']} "
           f"({meta_line['platform']}) | jax {meta_line['jax']} | commit {meta_line['commit']}")
@@ -366,10 +488,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print("# note:", note)
     print(f"# {len(report['rows'])} rows in {report['meta']['seconds']:.1f} s")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"# wrote {args.json}")
+        _write_json(args.json, report)
     if args.plot:
         print(f"# wrote {plot_report(report, args.plot)}")
     return 0

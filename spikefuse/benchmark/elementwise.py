@@ -8,7 +8,11 @@ Modes (the same ops the tests differentiate):
   ``fwd;bwd``  both, with an optimization barrier between them, as in training, where the
                cotangent comes from the loss after the forward.
 Bytes counted per element (e = element size): fwd 2e (read v, write spikes), bwd 3e (read v
-and the cotangent, write dv), fwd+bwd and fwd;bwd 5e, copy 2e.
+and the cotangent, write dv), fwd+bwd and fwd;bwd 5e (the two passes). The ceiling of each
+mode (``CEILING``) is the streaming kernel(s) of ``timing.STREAMS`` with the same reads and
+writes, one after the other for two passes, at the case's size, timed in turns with the
+rows. Where XLA fuses fwd+bwd into one pass over v (on a GPU; XLA:CPU runs two loops) it
+moves 4e and can read up to 125 % of that ceiling.
 
 Backends: the library's ``"reference"``, ``"pallas"`` (GPU), ``"interpret"`` (the kernels
 interpreted; timings meaningless) and, when it is importable, ``"braintools"``
@@ -24,11 +28,13 @@ import jax
 import jax.numpy as jnp
 
 import spikefuse
-from spikefuse.benchmark.timing import compile_all, on_gpu, time_fn
+from spikefuse.benchmark.timing import (ceiling_calls, ceiling_records, compile_all, on_gpu,
+                                       pct_of_ceiling, time_interleaved)
 from spikefuse.surrogate import registry
 
 MODES = ("fwd", "bwd", "fwd+bwd", "fwd;bwd")
-BYTES_PER_ELEMENT = {"fwd": 2, "bwd": 3, "fwd+bwd": 5, "fwd;bwd": 5, "copy": 2}  # × itemsize
+BYTES_PER_ELEMENT = {"fwd": 2, "bwd": 3, "fwd+bwd": 5, "fwd;bwd": 5}  # × itemsize
+CEILING = {"fwd": "1r1w", "bwd": "2r1w", "fwd+bwd": "1r1w+2r1w", "fwd;bwd": "1r1w+2r1w"}
 BACKENDS = ("reference", "pallas", "interpret", "braintools")
 THRESHOLD = 0.5
 
@@ -116,12 +122,14 @@ def make_ops(shape: str, backend: str) -> dict:
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd, "fwd;bwd": fwd_then_bwd}
 
 
-def run(case_list, backends, *, modes=MODES, copy: dict, samples: int, min_sample_s: float,
+def run(case_list, backends, *, modes=MODES, copy: list, samples: int, min_sample_s: float,
         threads: int = 1, progress=None, meta: dict | None = None) -> list[dict]:
     """Times every case × backend × mode; returns one self-describing row per measurement.
 
-    ``copy`` maps dtype name -> the copy-ceiling record (``timing.copy_ceiling``) of this
-    run; ``progress`` (optional) is called once per row timed. Compilation is done first, in
+    A case's functions and the ceiling kernels of its modes (``CEILING``) are timed in
+    turns (``timing.time_interleaved``); their records are appended to ``copy`` (the run's
+    ceilings) and each row is compared with the fastest of its size so far.
+    ``progress`` (optional) is called once per row. Compilation is done first, in
     parallel, and excluded from the timings.
     """
     meta = meta or {}
@@ -136,18 +144,21 @@ def run(case_list, backends, *, modes=MODES, copy: dict, samples: int, min_sampl
                 jobs[(backend, mode)] = (ops[mode], (aval, aval))
         compiled = compile_all(jobs, threads)
         args = case.inputs()
+        calls = {key: (fn, args) for key, fn in compiled.items()}
+        calls.update(ceiling_calls([CEILING[m] for m in modes], case.elements, dt))
+        times = time_interleaved(calls, samples=samples, min_sample_s=min_sample_s)
+        copy += ceiling_records(times)
         ref = {}
         for backend in backends:
             for mode in modes:
-                med, lo, hi = time_fn(compiled[(backend, mode)], args, samples=samples,
-                                      min_sample_s=min_sample_s)
+                med, lo, hi = times[(backend, mode)]
                 nbytes = BYTES_PER_ELEMENT[mode] * dt.itemsize * case.elements
                 row = dict(meta, suite="elementwise", op=f"fire[{case.shape}]", shape=case.shape,
                            backend=backend, mode=mode, dtype=dt.name, elements=case.elements,
                            ms=med * 1e3, ms_min=lo * 1e3, ms_max=hi * 1e3,
                            elements_per_s=case.elements / med, bytes=nbytes,
-                           gbps=nbytes / med / 1e9)
-                row["pct_copy"] = 100.0 * row["gbps"] / copy[dt.name]["gbps"]
+                           gbps=nbytes / med / 1e9, ceiling=CEILING[mode])
+                row["pct_copy"] = pct_of_ceiling(row, copy)
                 if backend == "reference":
                     ref[mode] = med
                 if mode in ref:
@@ -155,5 +166,5 @@ def run(case_list, backends, *, modes=MODES, copy: dict, samples: int, min_sampl
                 rows.append(row)
                 if progress:
                     progress(row)
-        del args, compiled
+        del args, compiled, calls
     return rows

@@ -1,0 +1,182 @@
+"""The model benchmark (``spikefuse.benchmark.models``, ``bench --models``).
+
+A benchmark of a wrong model is worthless, so the variants a user could write — fused
+multi-step neurons (interpreted kernels here), the ``lax.scan`` reference, the single-step
+form with a surrogate call per step, with and without ``jax.checkpoint`` — must compute
+the same loss and gradients on tiny models whose every layer fires. Then what each keeps
+for the backward, and the CLI. optax is a declared test dependency.
+"""
+
+import contextlib
+import functools
+import io
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from spikefuse import __main__ as cli
+from spikefuse.benchmark import elementwise as ew
+from spikefuse.benchmark import models as bm
+from spikefuse.benchmark.memory import vjp_residuals
+
+TINY = {
+    "mlp": bm.Model("mlp", 5, 4, (20,), (("dense", 16), ("dense", 8), ("readout", 3))),
+    "conv": bm.Model("conv", 3, 2, (8, 8, 2), (("conv", 4), ("conv", 4), ("pool",), ("conv", 8),
+                                                ("pool",), ("flatten",), ("readout", 3))),
+    "long": bm.Model("long", 12, 2, (6,), (("dense", 16), ("readout", 3))),
+}
+# Every model in three forms; the remat, "auto" and braintools forms on the MLP only (each
+# compile costs CI time, and they share the code paths the other models check).
+CHECKS = [(m, v) for m in TINY for v in ("fused", "step-reference")] + [
+    ("mlp", v) for v in ("fused+remat", "scan+remat", "step-auto", "step-braintools")]
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(name):
+    model = TINY[name]
+    x, labels = bm.inputs(model, seed=1)
+    return model, bm.init_params(model, 1, x), x, labels
+
+
+@pytest.fixture(scope="module")
+def reference_runs():
+    """Loss and gradients of the ``scan`` variant (LIF on the reference backend)."""
+    out = {}
+    for name in TINY:
+        model, params, x, labels = _setup(name)
+        out[name] = jax.jit(jax.value_and_grad(bm.loss_fn(model, "scan")))(params, x, labels)
+    return out
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_every_layer_fires(name):
+    model, params, x, _ = _setup(name)
+    rates = bm.firing_rates(model, params, x)
+    assert len(rates) == len(bm.neuron_shapes(model))
+    assert all(0.01 < r < 0.5 for r in rates), rates
+
+
+@pytest.mark.parametrize("name,variant", CHECKS)
+def test_variants_compute_the_same_loss_and_gradients(reference_runs, name, variant):
+    if variant == "step-braintools" and ew.braintools_surrogate() is None:
+        pytest.skip("braintools is not installed (Python >= 3.12)")
+    model, params, x, labels = _setup(name)
+    loss, grads = jax.jit(jax.value_and_grad(bm.loss_fn(model, variant, "interpret")))(
+        params, x, labels)
+    ref_loss, ref_grads = reference_runs[name]
+    assert abs(float(ref_loss) - math.log(model.blocks[-1][1])) > 1e-3  # the readout sees spikes
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        assert float(jnp.max(jnp.abs(r))) > 0  # every layer gets a gradient
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4,
+                                   atol=1e-6 * float(jnp.max(jnp.abs(r))))
+
+
+def _per_step_arrays(name, variant):
+    """The residuals with leading (time, batch) axes, as (shape, bytes), beyond the inputs."""
+    model, params, x, labels = _setup(name)
+    res = vjp_residuals(bm.loss_fn(model, variant, "interpret"), params, x, labels)
+    return sorted((r.shape, r.nbytes) for r in res
+                  if not r.is_input and r.shape[:2] == (model.T, model.batch))
+
+
+def test_remat_keeps_only_the_spikes_between_layers():
+    """jax.checkpoint around each (Linear -> LIF) block: per step, the backward keeps just
+    layer 1's spikes (layer 2's input, which it needs anyway), in f32."""
+    m = TINY["mlp"]
+    (n1,), (n2,) = bm.neuron_shapes(m)
+    for variant in ("fused+remat", "scan+remat"):
+        assert _per_step_arrays("mlp", variant) == [((m.T, m.batch, n1), 4 * m.T * m.batch * n1)]
+    # Without remat the fused layers also keep their input x (4 B per neuron-step) and
+    # at most 4/K B of checkpoints (none here: T is one chunk); the reference 8 B.
+    fused = sum(b for _, b in _per_step_arrays("mlp", "fused"))
+    scan = sum(b for _, b in _per_step_arrays("mlp", "scan"))
+    spikes1 = 4 * m.T * m.batch * n1
+    assert fused == 4 * m.T * m.batch * (n1 + n2) + spikes1
+    assert scan == 8 * m.T * m.batch * (n1 + n2) + spikes1
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="unknown variant"):
+        bm.forward_fn(TINY["mlp"], "fused+magic")
+
+
+# -- the command line -------------------------------------------------------------------
+QUICK_LONG = ["bench", "--models", "long", "--quick", "--memory-T", "64,128", "--repeats", "2",
+              "--min-sample-ms", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def models_run(tmp_path_factory):
+    """One CLI run, its JSON, chart and printed table; the quick ``long`` model shrunk to
+    the tiny one (the plumbing is what is tested; README's command runs the real sizes)."""
+    out = tmp_path_factory.mktemp("models")
+    js, png = out / "models.json", out / "memory.png"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setitem(bm.QUICK_MODELS, "long", TINY["long"])
+        assert cli.main(QUICK_LONG + ["--json", str(js), "--plot", str(png)]) == 0
+    return json.loads(js.read_text()), png, printed.getvalue()
+
+
+def test_models_json_rows_have_time_memory_and_residuals(models_run):
+    report, _, _ = models_run
+    for key in ("device", "jax", "commit", "date", "command"):
+        assert report["meta"][key], key
+    rows = {r["variant"]: r for r in report["rows"]}
+    timed = bm.available_variants(None)
+    assert set(rows) == set(timed) | {"fused", "fused+remat"}  # fused: counted, not timed
+    for v, r in rows.items():
+        assert r["model"] == "long" and r["T"] == TINY["long"].T
+        assert math.isfinite(r["residual_bytes_per_step"])
+        if v in timed:
+            assert 0 < r["ms_min"] <= r["ms"] <= r["ms_max"]
+            assert r["samples_per_s"] == pytest.approx(r["batch"] / r["ms"] * 1e3)
+            mem = r["memory"]
+            assert mem["total"] == mem["temp"] + mem["argument"] + mem["output"] - mem["alias"]
+            assert mem["total"] > 0 and r["speedup_vs_best_baseline"] > 0
+        else:
+            assert "ms" not in r
+    # One LIF layer: fused keeps x (4 B per neuron-step) and a little; the reference 8 B.
+    assert 4.0 <= rows["fused"]["residual_bytes_per_step"] < 4.5
+    assert 8.0 <= rows["scan"]["residual_bytes_per_step"] < 8.5
+    assert rows["fused+remat"]["residual_bytes_per_step"] < 0.5
+    best = min((r for r in rows.values() if "ms" in r and r["variant"] in
+                ("scan", "step-auto", "step-reference", "step-braintools")),
+               key=lambda r: r["ms"])
+    assert best["speedup_vs_best_baseline"] == pytest.approx(1.0)
+    assert rows["step-auto"]["auto_vs_reference"] == pytest.approx(
+        rows["step-reference"]["ms"] / rows["step-auto"]["ms"])
+
+
+def test_memory_sweep_grows_with_T(models_run):
+    report, png, _ = models_run
+    sweep = report["sweep"]
+    assert {r["T"] for r in sweep} == {64, 128}
+    for v in ("fused", "scan", "step-reference"):
+        a, b = (next(r for r in sweep if r["variant"] == v and r["T"] == T) for T in (64, 128))
+        assert b["residual_bytes"] > 1.9 * a["residual_bytes"] > 0
+        if v != "fused":  # compiled here; the fused kernels only with a kernel backend
+            assert b["memory"]["total"] > a["memory"]["total"] > 0
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_models_table_printed(models_run):
+    _, _, out = models_run
+    for text in ("## model long", "ms/step", "samples/s", "XLA MiB", "resid B/n-step",
+                 "memory vs T", "needs a GPU", "step-auto vs step-reference"):
+        assert text in out, text
+
+
+@pytest.mark.parametrize("bad", [["--models", "resnet"], ["--models", "mlp", "--size", "2^10"],
+                                 ["--models", "mlp", "--suite", "neurons"],
+                                 ["--models", "mlp", "--memory-T", "x"]])
+def test_bad_model_options_exit_2(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--no-progress"] + bad)
+    assert e.value.code == 2
