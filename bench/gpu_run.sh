@@ -2,7 +2,7 @@
 # The one prepared GPU script: correctness of the compiled kernels, then the benchmarks.
 # Run on the GPU machine from the repo root: `bash bench/gpu_run.sh` (writes logs to $OUT,
 # or ./out when OUT is unset). Every step has its own time limit; the whole run is sized to
-# finish in about 7 minutes on an H200, plus up to 5 for the model benchmark.
+# finish in about 9 minutes on an H200, plus up to 5 for the model benchmark.
 set -u
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -25,10 +25,15 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 step elementwise 120 python3 bench/elementwise.py --out "$OUT"
-step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step gpu_tests 180 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py \
+  tests/test_gpu_neurons.py
 if [ -f bench/neurons.py ]; then
   step neurons 210 python3 bench/neurons.py --out "$OUT"
 fi
+# The neuron engine (issue 10): every built-in and the AdEx example step against lax.scan
+# at unroll 1/8/32, f32, at the issue's two sizes.
+step engine 240 python3 -m spikefuse bench --suite neurons --neurons if,lif,plif,alif,adex \
+  --cases 32x4194304,1024x4096 --dtypes float32 --json "$OUT/engine.json" --no-progress
 # Whole training steps (bench --models) need optax; the GPU machine cannot reach a package
 # registry, so install it from a wheelhouse carried in ./.whl when it is missing
 # (pip download optax -d .whl on a machine with access).

@@ -105,6 +105,39 @@ def test_each_row_is_held_against_the_best_kernels_of_its_own_size(tiny_run):
         assert r["pct_copy"] == pytest.approx(100 * r["gbps"] / ceiling)
 
 
+def test_neurons_option_times_every_built_in_and_the_adex_step(tmp_path, capsys):
+    """--neurons if,lif,plif,alif,adex with the fused kernels (interpreted, so the fused
+    rows exist on a CPU): each neuron's rows, its bytes per neuron-step for its m state
+    leaves, and its speed-ups against its own best plain-JAX row."""
+    from spikefuse.kernels import scan
+
+    js = tmp_path / "neurons.json"
+    assert cli.main(["bench", "--suite", "neurons", "--neurons", "if,lif,plif,alif,adex",
+                     "--cases", "5x40", "--dtypes", "float32", "--backends",
+                     "reference,interpret", "--repeats", "1", "--min-sample-ms", "0",
+                     "--no-progress", "--json", str(js)]) == 0
+    table = capsys.readouterr().out
+    rows = json.loads(js.read_text())["rows"]
+    assert list(dict.fromkeys(r["op"] for r in rows)) == ["if", "lif", "plif", "alif", "adex"]
+    T, N = 5, 40
+    n_ck = scan.num_checkpoints(T, scan.default_config(T, N, "float32").chunk)
+    for r in rows:
+        m = 2 if r["op"] in ("alif", "adex") else 1
+        want = T * N * 8 + m * N * 8  # x in, spikes out (f32); per leaf: initial and final
+        if r["mode"] == "fwd+bwd":  # checkpoints twice; bwd x, ds, dx; per-leaf terms
+            want += 2 * m * n_ck * N * 4 + T * N * 12 + m * N * 12
+        assert r["bytes"] == want, r
+        group = [g for g in rows if (g["op"], g["mode"]) == (r["op"], r["mode"])]
+        prefix = "jax-" if r["op"] == "lif" else "scan-"
+        best = min(g["ms"] for g in group if g["backend"].startswith(prefix))
+        assert r["speedup_vs_baseline"] == pytest.approx(best / r["ms"])
+        assert r["baseline"] == prefix + "u*"
+    assert {r["backend"] for r in rows if r["op"] == "alif"} == {
+        "fused", "scan-u1", "scan-u8", "scan-u32"}  # plain-JAX rows are LIF's
+    for title in ("IF (hard", "LIF (tau=2", "PLIF", "ALIF", "AdEx"):
+        assert title in table
+
+
 def test_png_opens(tiny_run):
     _, png = tiny_run
     with open(png, "rb") as f:
@@ -134,6 +167,7 @@ def test_help_exits_0(capsys):
     ["--suite", "nope"], ["--shapes", "NoSuchShape"], ["--dtypes", "int32"],
     ["--dtypes", "float99"], ["--size", "abc"], ["--size", "0"], ["--backends", "cuda"],
     ["--cases", "8by64"], ["--modes", "sideways"], ["--repeats", "0"], ["--bogus"],
+    ["--neurons", "hodgkin_huxley"],
 ])
 def test_bad_options_exit_2(bad, capsys):
     with pytest.raises(SystemExit) as e:

@@ -1,7 +1,8 @@
 """``python -m spikefuse bench`` — how fast is each surrogate shape, backend and neuron here.
 
 Runs the elementwise suite (``fire`` for every built-in shape × backend × fwd / bwd /
-fwd+bwd / fwd;bwd) and the neuron suite (multi-step LIF: fused kernels vs ``lax.scan`` with
+fwd+bwd / fwd;bwd) and the neuron suite (multi-step neurons — LIF by default, ``--neurons``
+for IF, PLIF, ALIF and the AdEx example step: fused kernels vs ``lax.scan`` with
 unroll 1, 8, 32, ours and an expert's plain JAX), measures a bandwidth ceiling for each
 row in the same run (streaming kernels with its reads and writes, at its size), prints a
 table and optionally writes JSON and a chart. ``--models`` instead times whole training steps of spiking networks (an MLP,
@@ -107,6 +108,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", type=parse_size, default=None, metavar="N",
                    help="elements per elementwise array, e.g. 67108864 or 2^26 "
                         "(default 2^26, sized for a GPU; --quick: 2^18)")
+    p.add_argument("--neurons", type=_csv, default=None, metavar="NAME[,NAME...]",
+                   help="neurons of the neuron suite: "
+                        + ", ".join(f"{n} ({v.title})" for n, v in nr.NEURONS.items())
+                        + " (default lif)")
     p.add_argument("--cases", type=parse_cases, default=None, metavar="TxN[,TxN...]",
                    help="neuron cases, T steps x N neurons (default "
                         + ",".join(f"{T}x{N}" for T, N in nr.CASES)
@@ -150,8 +155,17 @@ def _options(args, parser):
         min_sample_s=(args.min_sample_ms if args.min_sample_ms is not None
                       else base["min_sample_ms"]) / 1e3,
         cases=args.cases or base["cases"],
+        neurons=args.neurons or ["lif"],
         threads=args.threads,
     )
+    unknown = [n for n in opts["neurons"] if n not in nr.NEURONS]
+    if unknown:
+        parser.error(f"--neurons: unknown {', '.join(unknown)} (choose from "
+                     f"{', '.join(nr.NEURONS)})")
+    for n in opts["neurons"]:
+        if n == "adex" and not (nr.EXAMPLES / "adex.py").is_file():
+            parser.error(f"--neurons: adex is the step of {nr.EXAMPLES / 'adex.py'}, which "
+                         "is not here (it ships with a source checkout, not the wheel)")
     if opts["repeats"] < 1:
         parser.error("--repeats must be at least 1")
     if opts["min_sample_s"] < 0:
@@ -210,22 +224,25 @@ def _ceiling_line(report, rows) -> str:
 def format_table(report: dict) -> str:
     """The terminal table: one line per row, grouped by suite."""
     lines = []
-    for suite in ("elementwise", "neurons"):
-        rows = [r for r in report["rows"] if r["suite"] == suite]
+    sections = [("elementwise", None)] + [("neurons", op) for op in dict.fromkeys(
+        r["op"] for r in report["rows"] if r["suite"] == "neurons")]
+    for suite, op in sections:
+        rows = [r for r in report["rows"] if r["suite"] == suite and op in (None, r["op"])]
         if not rows:
             continue
-        title = ("elementwise: fire(v, 0.5, Shape()) at default parameters" if suite == "elementwise"
-                 else "neurons: multi-step LIF (tau=2, hard reset, Sigmoid), loss through s and v")
+        title = ("elementwise: fire(v, 0.5, Shape()) at default parameters" if op is None
+                 else f"neurons: multi-step {nr.NEURONS[op].title}, loss through s and the "
+                      "final state")
         lines.append(f"\n## {title}")
         lines.append("# %ceil: of the streaming kernels with the row's reads and writes per "
                      "element (1r1w: x + 1, 2r1w: a + b; one after the other where the row "
                      "counts two passes), at its size, timed in turns with it, fastest "
                      f"sample. Measured in this run: {_ceiling_line(report, rows)}")
         if suite == "neurons":
-            lines.append("# x jax: speed-up over the best plain-JAX lax.scan (jax-u*) of the "
-                         "same case and mode; resid B: bytes per neuron-step kept for the "
-                         "backward beyond x")
-            extra, first = "  x jax  resid B", "case"
+            lines.append(f"# x base: speed-up over the best plain-JAX lax.scan "
+                         f"({rows[0]['baseline']}) of the same case and mode; resid B: bytes "
+                         "per neuron-step kept for the backward beyond x")
+            extra, first = " x base  resid B", "case"
         else:
             extra, first = f" {'x ref':>6}", "shape"
         lines.append(f"{first:<24} {'dtype':<8} {'mode':<7} {'backend':<10} {'ms':>9} "
@@ -242,7 +259,7 @@ def format_table(report: dict) -> str:
                     f"{r['pct_copy']:5.1f}%")
             if suite == "neurons":
                 resid = r.get("residual_bytes_per_step")
-                line += (f"  {r['speedup_vs_best_jax']:5.2f}"
+                line += (f"  {r['speedup_vs_baseline']:5.2f}"
                          + (f"  {resid:7.3f}" if resid is not None else ""))
             elif r["backend"] != "reference" and "speedup_vs_reference" in r:
                 line += f" {r['speedup_vs_reference']:6.2f}"
@@ -258,8 +275,10 @@ def plot_report(report: dict, path: str) -> str:
     panels = []  # (title, rows)
     for suite in ("elementwise", "neurons"):
         rows = [r for r in report["rows"] if r["suite"] == suite]
-        for mode in dict.fromkeys(r["mode"] for r in rows):
-            panels.append((suite, mode, [r for r in rows if r["mode"] == mode]))
+        for op in dict.fromkeys(r["op"] for r in rows) if suite == "neurons" else (None,):
+            for mode in dict.fromkeys(r["mode"] for r in rows):
+                panels.append((suite, mode, [r for r in rows if r["mode"] == mode
+                                             and op in (None, r["op"])]))
     if not panels:
         raise ValueError("nothing to plot: the report has no rows")
     meta = report["meta"]
@@ -291,7 +310,7 @@ def plot_report(report: dict, path: str) -> str:
         ax.set_xticks(range(len(groups)), labels, rotation=45 if suite == "elementwise" else 0,
                       ha="right" if suite == "elementwise" else "center", fontsize=8)
         ax.set_ylabel("GB/s (bytes counted)")
-        what = "fire" if suite == "elementwise" else "LIF"
+        what = "fire" if suite == "elementwise" else rows[0]["op"].upper()
         ax.set_title(f"{suite}: {what} {mode} ({rows[0]['elements']:,} elements)"
                      if suite == "elementwise" else f"{suite}: {what} {mode}")
         ax.legend(fontsize=7, ncol=min(6, len(backends) + len(dtypes)))
@@ -343,8 +362,8 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
     ew_cases = ew.cases(opts["shapes"], opts["dtypes"], opts["size"]) if run_ew else []
     total = len(ew_cases) * len(ew_backends) * len(opts["modes"])
     if run_nr:
-        total += (len(opts["cases"]) * len(opts["dtypes"]) * len(nr.MODES)
-                  * len(nr.row_labels(opts["kernel_backend"])))
+        total += sum(len(opts["cases"]) * len(opts["dtypes"]) * len(nr.MODES)
+                     * len(nr.row_labels(opts["kernel_backend"], n)) for n in opts["neurons"])
     bar = _Progress(total, progress)
     try:
         if run_ew:
@@ -352,14 +371,14 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
                                      copy=report["copy"], samples=opts["repeats"],
                                      min_sample_s=opts["min_sample_s"], threads=opts["threads"],
                                      progress=bar, meta=row_meta)
-        if run_nr:
+        for model in opts["neurons"] if run_nr else ():
             compiled = nr.compile_all_jobs(opts["cases"], opts["dtypes"], opts["kernel_backend"],
-                                           threads=opts["threads"])
+                                           threads=opts["threads"], model=model)
             report["rows"] += nr.time_all(compiled, opts["cases"], opts["dtypes"],
                                           opts["kernel_backend"], copy=report["copy"],
                                           samples=opts["repeats"],
                                           min_sample_s=opts["min_sample_s"], progress=bar,
-                                          meta=row_meta)
+                                          meta=row_meta, model=model)
     finally:
         bar.close()
     report["copy"] = best_ceilings(report["copy"])  # each case timed its ceiling kernels
@@ -412,7 +431,8 @@ def bench_models(opts: dict, model_names, memory_Ts, *, progress: bool = False,
 def _run_models(args, opts, parser) -> int:
     bad = [flag for flag, given in (("--suite", args.suite), ("--shapes", args.shapes),
                                     ("--size", args.size), ("--cases", args.cases),
-                                    ("--modes", args.modes), ("--dtypes", args.dtypes))
+                                    ("--modes", args.modes), ("--dtypes", args.dtypes),
+                                    ("--neurons", args.neurons))
            if given is not None]
     if bad:
         parser.error(f"--models times float32 training steps; {', '.join(bad)} apply to the "

@@ -151,7 +151,18 @@ def _check_xs(x_seq):
     return xs, x_def
 
 
-def _check_init(init, shape, cdt, names=None):
+class _Converted(dict):
+    """One validated array per argument object within a call: a value given twice (a
+    built-in's ``v0`` defaults to its ``v_reset``) becomes one operand, and one residual."""
+
+    def get_or(self, value, convert):
+        key = id(value)
+        if key not in self:
+            self[key] = (value, convert())  # the value is held, so its id stays unique
+        return self[key][1]
+
+
+def _check_init(init, shape, cdt, names=None, seen=None):
     named, state_def = _leaves(init, "init")
     if names is not None and len(names) == len(named):
         named = [(n, v) for n, (_, v) in zip(names, named)]
@@ -166,20 +177,22 @@ def _check_init(init, shape, cdt, names=None):
         if not jnp.issubdtype(arr.dtype, jnp.floating) and not getattr(arr, "weak_type", False):
             raise TypeError(f"{_WHAT}: {name} has dtype {arr.dtype}; every state leaf must "
                             "be floating (it is carried in the compute dtype)")
-        check_broadcast(arr.shape, shape, name, "the neuron shape (x_seq's shape without its "
-                        "leading time axis)")
-        out.append(arr.astype(cdt))
-    return out, state_def
+    return _check_numbers(named, shape, cdt, seen), state_def
 
 
-def _check_numbers(named, shape, cdt):
-    """Each ``(name, value)``: a real array broadcastable to ``shape``, in ``cdt``."""
+def _check_numbers(named, shape, cdt, seen=None):
+    """Each ``(name, value)``: a real array broadcastable to ``shape``, in ``cdt`` (one
+    array per object across the calls sharing ``seen``)."""
+    seen = _Converted() if seen is None else seen
     out = []
     for n, value in named:
-        arr = real_array(value, n)
-        check_broadcast(arr.shape, shape, n, "the neuron shape (x_seq's shape without its "
-                        "leading time axis)")
-        out.append(arr.astype(cdt))
+        def convert(n=n, value=value):
+            arr = real_array(value, n)
+            check_broadcast(arr.shape, shape, n, "the neuron shape (x_seq's shape without "
+                            "its leading time axis)")
+            return arr.astype(cdt)
+
+        out.append(seen.get_or(value, convert))
     return out
 
 
@@ -268,11 +281,12 @@ def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
     # The compute dtype, decided once: f32 state for bf16/f16/f32 inputs, f64 for f64.
     cdt = jnp.promote_types(out_dtype, jnp.float32)
     named, param_def = _leaves(params, "" if init_names else "params")
-    user_params = _check_numbers(named, shape, cdt)
+    seen = _Converted()
+    user_params = _check_numbers(named, shape, cdt, seen)
     if derive is not None:
         user_params, param_def = jax.tree.flatten(
             derive(jax.tree.unflatten(param_def, user_params)))
-    init, state_def = _check_init(init, shape, cdt, init_names)
+    init, state_def = _check_init(init, shape, cdt, init_names, seen)
     surrogate = Sigmoid() if surrogate is None else check_surrogate(surrogate)
     gfn, gparams = grad_fn(surrogate)
     gparams = _check_numbers([(f"{type(surrogate).__name__}.{n}", p) for n, p in
