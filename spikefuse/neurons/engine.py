@@ -27,8 +27,7 @@ from spikefuse._checks import check_broadcast, real_array
 from spikefuse.kernels import dispatch, scan, sharding
 from spikefuse.neurons import _stepcheck, fused
 from spikefuse.neurons.reference import default_unroll, run_reference
-from spikefuse.surrogate import Sigmoid, Surrogate, grad_fn
-from spikefuse.surrogate import _spike
+from spikefuse.surrogate import Sigmoid, Surrogate, _spike, grad_fn
 from spikefuse.surrogate._base import check_surrogate
 
 __all__ = ["FlatStep", "make_fire", "multistep", "run"]
@@ -96,6 +95,7 @@ class FlatStep:
     def call(self, state, xs, params):
         """The user's step on pytrees: ``(s, new_state)`` as it returns them."""
         gparams = tuple(params[self.n_params:])
+        fire: Callable
         if self.reference:
             fire = functools.partial(_reference_fire, self.gfn, gparams)
         else:
@@ -169,7 +169,6 @@ def _check_init(init, shape, cdt, names=None, seen=None):
     if not 1 <= len(named) <= MAX_STATE:
         raise ValueError(f"{_WHAT}: init must hold 1 to {MAX_STATE} state arrays (a pytree "
                          f"matching the step's state), got {len(named)}")
-    out = []
     for name, value in named:
         arr = real_array(value, name)
         # A Python int is fine (weakly typed, it takes the state's dtype); an integer array
