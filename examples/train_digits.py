@@ -106,7 +106,7 @@ def build(cfg):
 def train(cfg, log=print) -> dict:
     """Trains with the settings in ``cfg`` (an argparse namespace); returns the metrics."""
     x_train, x_test, y_train, y_test = load_data(cfg.test_size, cfg.seed)
-    backend = dispatch.resolve(cfg.backend)
+    backend = dispatch.resolve(cfg.backend, op="neurons")
     log(f"spikefuse {spikefuse.__version__} | jax {jax.__version__} | "
         f"{jax.devices()[0].device_kind} | neuron backend {cfg.backend!r} -> {backend!r}")
     log(f"digits: {len(x_train)} train / {len(x_test)} test | 64-{cfg.hidden}-10 LIF, "

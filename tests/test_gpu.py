@@ -65,7 +65,8 @@ def test_compiled_pallas_equals_reference(cls, dtype, shape):
         np.testing.assert_allclose(np.asarray(k, np.float64), np.asarray(r, np.float64), rtol=rtol, atol=atol)
 
 
-def test_auto_picks_pallas_on_gpu():
+def test_auto_picks_per_operation_on_gpu():
     from spikefuse.kernels import dispatch
 
-    assert dispatch.resolve("auto") == "pallas"
+    assert dispatch.resolve("auto", op="neurons") == "pallas"
+    assert dispatch.resolve("auto", op="elementwise") == "reference"

@@ -8,12 +8,37 @@ Backends:
   compiling for CPU raises a clear error instead of falling back.
 * ``"interpret"`` — the same kernels in Pallas interpret mode: runs anywhere, slowly; tests
   use it to check the kernels on CPU.
-* ``"auto"`` — ``"pallas"`` on GPU, ``"reference"`` elsewhere (TPU kernels are not written
-  yet, so TPU gets the reference).
+* ``"auto"`` — decided per platform *and per operation* by the table ``AUTO`` below.
 
 Precedence: a call's ``backend=`` argument, then ``use_backend(...)``, then
 ``set_backend(...)``, then the ``SPIKEFUSE_BACKEND`` environment variable (read when a call
-resolves, never at import), then ``"auto"``.
+resolves, never at import), then ``"auto"``. Every name except ``"auto"`` is strict: it runs
+that implementation or raises, on every platform and for every operation.
+
+What ``"auto"`` picks, and the measurement behind each choice
+--------------------------------------------------------------
+Operations: ``"elementwise"`` (``spike`` / ``fire`` / a surrogate called on an array) and
+``"neurons"`` (the multi-step neurons, ``spikefuse.neurons``). A default must never make a
+model slower than plain JAX, so a kernel is the default only where a measurement shows it
+faster than the reference:
+
+* GPU, elementwise -> ``"reference"``. In isolation the Pallas kernel ties with XLA's own
+  fusion of the reference (H200, 2^28 elements, forward then backward: 1.278 vs 1.274 ms in
+  f32; bench/RESULTS.md, 2026-11-29, run 2), and when XLA can fuse the backward with the
+  forward the reference is 1.2x faster. Inside a user's step a ``pallas_call`` is opaque:
+  XLA cannot fuse the charge before it or the reset after it, so it can only add passes
+  over memory. No GPU measurement in a model shows the kernel ahead (the model benchmark,
+  ``python -m spikefuse bench --models``, times both as ``step-pallas`` and
+  ``step-reference``); until one does, the reference runs. ``"pallas"`` stays available.
+* GPU, neurons -> ``"pallas"``: the fused forward and BPTT kernels, 2.75-9.38x faster than
+  the best ``lax.scan`` of unroll 1/8/32 for LIF forward+backward (H200, bench/RESULTS.md,
+  2026-11-30, run 4). Measured per layer, not yet in a model on a GPU.
+* CPU -> ``"reference"`` for both: the kernels cannot compile there (interpret mode is a
+  test tool, orders of magnitude slower).
+* TPU -> ``"reference"`` for both: no TPU kernels yet. When they land, their rows go into
+  ``AUTO`` (one line each), with the measurement cited here.
+
+A platform not in the table (and any operation on it) gets ``"reference"``.
 """
 
 from __future__ import annotations
@@ -28,8 +53,10 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 __all__ = [
+    "AUTO",
     "BACKENDS",
     "ENV_VAR",
+    "OPS",
     "BackendUnavailableError",
     "get_backend",
     "gpu_only",
@@ -40,6 +67,20 @@ __all__ = [
 
 BACKENDS = ("auto", "reference", "pallas", "interpret")
 ENV_VAR = "SPIKEFUSE_BACKEND"
+OPS = ("elementwise", "neurons")
+
+# What "auto" resolves to, by (platform, operation). The evidence for each row is in the
+# module docstring; a new platform or kernel adds its rows here and nowhere else.
+AUTO = {
+    ("cpu", "elementwise"): "reference",
+    ("cpu", "neurons"): "reference",
+    ("gpu", "elementwise"): "reference",  # no model measurement shows the kernel faster
+    ("gpu", "neurons"): "pallas",
+    ("tpu", "elementwise"): "reference",  # no TPU kernels yet
+    ("tpu", "neurons"): "reference",
+}
+# jax.default_backend() names -> the table's platform names.
+_PLATFORM_ALIASES = {"cuda": "gpu"}
 
 _UNSET = None
 _global: str | None = _UNSET
@@ -82,12 +123,36 @@ def use_backend(name: str):
         _scoped.reset(token)
 
 
-def resolve(backend: str | None = None) -> str:
-    """Returns the concrete backend (``"reference"``, ``"pallas"`` or ``"interpret"``) for a call."""
+def resolve(backend: str | None = None, *, op: str = "elementwise",
+            platform: str | None = None) -> str:
+    """The concrete backend (``"reference"``, ``"pallas"`` or ``"interpret"``) for a call.
+
+    Args:
+      backend: the call's ``backend=`` argument; ``None`` takes the configured default
+        (``use_backend``, ``set_backend``, then ``SPIKEFUSE_BACKEND``, then ``"auto"``).
+      op: the operation asking, one of ``OPS``: ``"elementwise"`` or ``"neurons"``.
+      platform: the platform ``"auto"`` decides for; default ``jax.default_backend()`` at
+        call time (``"cpu"``, ``"gpu"``, ``"tpu"``; ``"cuda"`` counts as ``"gpu"``).
+
+    Returns:
+      An explicit name unchanged; ``"auto"`` looked up in ``AUTO`` (``"reference"`` for a
+      platform the table does not list).
+
+    Example:
+      >>> from spikefuse.kernels import dispatch
+      >>> dispatch.resolve("auto", op="neurons", platform="gpu")
+      'pallas'
+      >>> dispatch.resolve("auto", op="elementwise", platform="gpu")
+      'reference'
+    """
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}; got {op!r}")
     name = get_backend() if backend is None else _check(backend)
-    if name == "auto":
-        return "pallas" if jax.default_backend() in ("gpu", "cuda") else "reference"
-    return name
+    if name != "auto":
+        return name
+    platform = jax.default_backend() if platform is None else platform
+    platform = _PLATFORM_ALIASES.get(platform, platform)
+    return AUTO.get((platform, op), "reference")
 
 
 class BackendUnavailableError(RuntimeError):

@@ -275,7 +275,7 @@ def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
     _check_traced(flat, name, _avals(xs, shape), _avals(init, shape), _avals(all_params))
     N = int(np.prod(shape, dtype=np.int64))
 
-    resolved = dispatch.resolve(backend)
+    resolved = dispatch.resolve(backend, op="neurons")
     if resolved == "reference" or N == 0:  # nothing to launch for zero neurons
         if unroll is None:
             unroll = default_unroll(T, N=N)

@@ -244,7 +244,7 @@ def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None
     fn, params = grad_fn(surrogate)  # validated arrays, one per numeric parameter
     for name, p in zip(surrogate._split_fields()[0], params):
         check_broadcast(p.shape, x.shape, f"{type(surrogate).__name__}.{name}")
-    resolved = dispatch.resolve(backend)
+    resolved = dispatch.resolve(backend, op="elementwise")
     if resolved == "pallas":
         x = dispatch.gpu_only(x)  # compiling for CPU/TPU raises instead of falling back
     return _bind_placed("spike", x, thr, *params, grad_fn=fn, backend=resolved)
