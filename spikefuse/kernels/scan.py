@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -79,7 +80,7 @@ from jax.experimental.pallas import triton as plt
 from spikefuse.kernels._compat import silence_triton_deprecation
 from spikefuse.kernels.sharding import check_interpret, match_varying, out_struct
 
-__all__ = ["ScanConfig", "check_size", "default_config", "num_checkpoints",
+__all__ = ["ScanConfig", "cells", "check_size", "default_config", "num_checkpoints",
            "residual_bytes_per_step", "scan_backward", "scan_forward"]
 
 _INDEX_LIMIT = 2**31
@@ -156,6 +157,12 @@ def default_config(T: int, N: int, dtype) -> ScanConfig:
     prefetch = pl.cdiv(N, block) < _TARGET_PROGRAMS and T >= 2 * chunk
     return ScanConfig(block=block, chunk=chunk, num_warps=max(1, block // (32 * per_thread)),
                       num_stages=1, prefetch=prefetch)
+
+
+def cells(shape: Sequence[int]) -> tuple[int]:
+    """The layout of a neuron shape in these kernels: flat, ``(N,)`` (``[T, N]`` per step).
+    (The TPU kernels' `tpu_scan.cells` keeps a 2-D ``(M, D)`` instead.)"""
+    return (math.prod(shape),)
 
 
 def num_checkpoints(T: int, chunk: int) -> int:
