@@ -14,7 +14,7 @@ from lowering import export_for_cuda
 
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
-from spikefuse.kernels import scan
+from spikefuse.kernels import scan, tpu_scan
 from spikefuse.neurons import engine, fused
 
 ALPHA = 3.0  # the surrogate: spikefuse's Sigmoid(alpha=3); the oracle writes g' itself
@@ -327,13 +327,42 @@ def test_refusals_of_traced_closures_and_unhashable_steps(no_kernel):
         sn.multistep(Unhashable(), x, 0.0)
 
 
-def test_pallas_refuses_what_triton_cannot_lower(no_kernel):
-    """erf: elementwise, so reference and interpret run it; the GPU kernel cannot lower it,
-    which "pallas" says while tracing (here: while exporting for cuda on a CPU)."""
-    x = jnp.full((3, 6), 0.5, jnp.float32)
-    with pytest.raises(ValueError, match=r"erf.*Triton.*backend='reference'"):
-        export_for_cuda(lambda x: sn.multistep(_erf_step, x, 0.0, backend="pallas"),
-                        jax.ShapeDtypeStruct(x.shape, x.dtype))
+def _expm1_step(v, x, p, fire):
+    h = v + jnp.expm1(x)
+    return fire(h, 1.0), h
+
+
+@pytest.fixture
+def no_kernel_built(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a kernel was built before the step was checked")
+
+    for mod in (scan, tpu_scan):
+        for name in ("scan_forward", "scan_backward"):
+            monkeypatch.setattr(mod, name, boom)
+
+
+def test_pallas_refuses_what_the_platform_cannot_lower(no_kernel_built):
+    """erf is elementwise, so reference and the interpret backends run it; the GPU (Triton)
+    kernel cannot lower it, the TPU (Mosaic) kernel can; expm1 the other way round. "pallas"
+    checks the kernel bodies while lowering, for the platform it lowers for, and refuses
+    before any kernel is built (here: while exporting on a CPU)."""
+    x = jax.ShapeDtypeStruct((3, 6), jnp.float32)
+
+    def export(step, platform):
+        fn = lambda x: sn.multistep(step, x, 0.0, backend="pallas")  # noqa: E731
+        if platform == "cuda":
+            return export_for_cuda(fn, x)
+        return jax.export.export(jax.jit(fn), platforms=["tpu"])(x).mlir_module()
+
+    with pytest.raises(ValueError, match=r"_erf_step.*`erf`.*Triton.*backend='reference'"):
+        export(_erf_step, "cuda")
+    with pytest.raises(ValueError, match=r"_expm1_step.*`expm1`.*Mosaic.*backend='reference'"):
+        export(_expm1_step, "tpu")
+    with pytest.raises(AssertionError, match="kernel was built"):  # passes the check
+        export(_erf_step, "tpu")
+    with pytest.raises(AssertionError, match="kernel was built"):
+        export(_expm1_step, "cuda")
 
 
 def test_elementwise_tricks_are_accepted():
