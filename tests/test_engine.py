@@ -1,7 +1,8 @@
 """Tests for the neuron engine, ``spikefuse.neurons.multistep``: user steps on every CPU
-backend against a ``lax.scan`` written here (with its own spike rule), forward and reverse
-mode; transformations; the refusals (raised before any kernel); the residuals the fused
-backward keeps; the cuda lowering of the kernels."""
+backend (the GPU and the TPU kernels interpreted) against a ``lax.scan`` written here (with
+its own spike rule), forward and reverse mode; transformations; the refusals (raised before
+any kernel); the residuals the fused backward keeps; the cuda and tpu lowerings of the
+kernels."""
 
 import functools
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import neuron_oracle
-from lowering import export_for_cuda
+from lowering import KERNEL_CALL, export_for, export_for_cuda
 
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
@@ -21,6 +22,7 @@ ALPHA = 3.0  # the surrogate: spikefuse's Sigmoid(alpha=3); the oracle writes g'
 K = 4
 CONFIGS = {"k4": scan.ScanConfig(block=32, chunk=K, num_warps=1),
            "k4pf": scan.ScanConfig(block=64, chunk=K, num_warps=2, prefetch=True)}
+TPU_CONFIG = tpu_scan.TpuScanConfig(chunk=K, block_rows=16, block_cols=128)
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
 
 
@@ -120,11 +122,13 @@ def test_engine_matches_scan_of_the_same_step(case):
     sur = sg.Sigmoid(alpha=ALPHA)
 
     def run(backend):
-        kw = dict(config=CONFIGS[cfg]) if backend == "interpret" else {}
+        kw = dict(config={"interpret": CONFIGS[cfg], "interpret_tpu": TPU_CONFIG}[backend]
+                  ) if backend != "reference" else {}
         return lambda x, i, p: engine.run(step, x, i, p, surrogate=sur, backend=backend, **kw)
 
     fns = {"oracle": lambda x, i, p: oracle(step, x, i, p),
-           "reference": run("reference"), "interpret": run("interpret")}
+           "reference": run("reference"), "interpret": run("interpret"),
+           "interpret_tpu": run("interpret_tpu")}
     args = (x_seq, init, params)
     out_shape = jax.eval_shape(fns["oracle"], *args)
     cts = _random_like(out_shape, seed=1)
@@ -139,7 +143,7 @@ def test_engine_matches_scan_of_the_same_step(case):
         results[label] = jax.jit(both)(*args)
     (s_o, fin_o), grads_o, tan_o = results["oracle"]
     assert 0.02 < float(jnp.mean(s_o.astype(jnp.float32))) < 0.9  # spikes do happen
-    for label in ("reference", "interpret"):
+    for label in ("reference", "interpret", "interpret_tpu"):
         (s, fin), grads, tan = results[label]
         assert s.dtype == s_o.dtype and s.shape == (T, *shape)
         np.testing.assert_array_equal(np.asarray(s, np.float32), np.asarray(s_o, np.float32),
@@ -415,9 +419,10 @@ def test_fused_backward_keeps_only_checkpoints(name):
 
 
 # -- GPU lowering, checked on CPU ----------------------------------------------------------
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["alif_2", "comp_3"])
-def test_user_steps_lower_for_cuda(name, dtype):
+def test_user_steps_lower(name, dtype, platform):
     step, x_seq, init, params = _problem(name, 37, (3, 333), True, dtype, seed=6)
     config = scan.ScanConfig(block=128, chunk=8, num_warps=4, prefetch=True)
 
@@ -427,5 +432,5 @@ def test_user_steps_lower_for_cuda(name, dtype):
         return out, pullback(jax.tree.map(jnp.ones_like, out))
 
     avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x_seq)
-    text = export_for_cuda(fwd_bwd, avals)
-    assert text.count("__gpu$xla.gpu.triton") >= 2  # the forward and the BPTT kernel
+    text = export_for(platform, fwd_bwd, avals)
+    assert text.count(KERNEL_CALL[platform]) == 2  # the forward and the BPTT kernel
