@@ -41,13 +41,13 @@ faster than the reference:
   the best ``lax.scan`` of unroll 1/8/32 for LIF forward+backward (H200, bench/RESULTS.md,
   2026-11-30, run 4). Measured per layer, not yet in a model on a GPU.
 * TPU mirrors the GPU rows: elementwise -> ``"reference"`` (a ``pallas_call`` is as opaque
-  to XLA on a TPU, and XLA's elementwise fusion already runs at HBM bandwidth there),
-  neurons -> ``"pallas"`` (the fused Mosaic kernels move the same bytes per neuron-step as
-  the GPU ones, 20.5 B f32 forward+backward, against a ``lax.scan`` that pays a per-step
-  loop cost and keeps every step's state). Caveat: **not measured on a TPU** — nothing has
-  run on one; the kernels are checked in TPU interpret mode and lowered for ``tpu`` with
-  ``jax.export`` on CPU. Run ``python -m spikefuse bench`` on a TPU, and revise this row
-  with the figures, before relying on it.
+  to XLA on a TPU, which fuses the reference's elementwise code itself), neurons ->
+  ``"pallas"`` (the fused Mosaic kernels move the same bytes per neuron-step as the GPU
+  ones, about 21 B f32 forward+backward, against a ``lax.scan`` that pays a per-step loop
+  cost and keeps every step's state). Caveat: **not measured on a TPU** — nothing has run
+  on one; the kernels are checked in interpret mode (Pallas' and its TPU interpret mode)
+  and lowered for ``tpu`` with ``jax.export`` on CPU. Run ``python -m spikefuse bench`` on
+  a TPU, and revise this row with the figures, before relying on it.
 * CPU -> ``"reference"`` for both: the kernels cannot compile there (interpret mode is a
   test tool, orders of magnitude slower).
 
@@ -69,6 +69,7 @@ __all__ = [
     "AUTO",
     "BACKENDS",
     "ENV_VAR",
+    "LOWERING_PLATFORMS",
     "OPS",
     "BackendUnavailableError",
     "accelerator_only",
@@ -175,6 +176,12 @@ def resolve(backend: str | None = None, *, op: str = "elementwise",
 
 class BackendUnavailableError(RuntimeError):
     """An explicitly chosen backend cannot run on this platform (no silent fallback)."""
+
+
+# The lowering platforms the kernel primitives (spike, neurons) register a rule of their own
+# for, each calling `kernel_target` with its name (None: the default rule, any other
+# platform, lowered as "cpu").
+LOWERING_PLATFORMS = (None, "cuda", "rocm", "tpu")
 
 
 def kernel_target(backend: str, platform: str) -> tuple[str, bool]:

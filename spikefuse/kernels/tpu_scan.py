@@ -46,9 +46,10 @@ parameter's shape). No pre-activation, surrogate coefficient or spike is read ba
 
 Bytes per neuron-step (b = input/output itemsize, c = 4 for f32 state, m state leaves, one
 input and one output per step): the same as the GPU kernels (`scan`'s docstring): forward
-2b (+ m·c/K with checkpoints), backward 3b + m·c/K; fwd+bwd at m = 1, K = 8: f32 20.5 B,
-bf16 10.5 B. Edge blocks move the padded tiles (a minor dim not a multiple of 128 is padded
-in HBM anyway). Per grid step the kernels move ``K * bm * bd`` neuron-steps.
+2b (+ m·c/K with checkpoints), backward 3b + m·c/K; fwd+bwd at m = 1, K = 8: at most
+f32 21 B, bf16 11 B (20.75 B and 10.75 B at T = 32, with 3 checkpoints). Edge blocks move
+the padded tiles (a minor dim not a multiple of 128 is padded in HBM anyway). Per grid step
+the kernels move ``K * bm * bd`` neuron-steps.
 
 Exactness: the backward's recomputation runs the same step on the same f32 values as the
 forward, so spikes and states are reproduced exactly in interpret mode; on a TPU both kernels
@@ -60,21 +61,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from spikefuse.kernels.scan import default_config as scan_default_config
-from spikefuse.kernels.scan import num_checkpoints
+from spikefuse.kernels.scan import num_checkpoints, step_vjp
 from spikefuse.kernels.sharding import check_interpret, match_varying, out_struct
 from spikefuse.kernels.tpu_elementwise import Interpret, interpret_mode
+from spikefuse.kernels.tpu_elementwise import view as cells  # a neuron shape's [M, D]
 
-__all__ = ["TpuScanConfig", "cells", "check_size", "default_config", "scan_backward",
-           "scan_forward"]
+__all__ = ["TpuScanConfig", "cells", "check_size", "default_blocks", "default_config",
+           "scan_backward", "scan_forward"]
 
 _INDEX_LIMIT = 2**31
 _LANES = 128
@@ -132,17 +132,6 @@ def default_blocks(K: int, M: int, D: int) -> tuple[int, int]:
     lanes = -(-max(bd, 1) // _LANES) * _LANES
     bm = max(_SUBLANES, _BLOCK_STEPS // (K * lanes) // _SUBLANES * _SUBLANES)
     return min(bm, M), bd
-
-
-def cells(shape: Sequence[int]) -> tuple[int, int]:
-    """The ``[M, D]`` layout of a neuron shape (see the module docstring)."""
-    shape = tuple(int(s) for s in shape)
-    if not shape:
-        return 1, 1
-    if len(shape) == 1:
-        n = shape[0]
-        return (n // _LANES, _LANES) if n and n % _LANES == 0 else (1, n)
-    return math.prod(shape[:-1]), shape[-1]
 
 
 def check_size(T: int, N: int, config: TpuScanConfig) -> None:
@@ -476,19 +465,6 @@ def _backward_kernel(*refs, step, T, K, cdt, block, n_x, init_kinds, kinds, n_ck
     else:
         start = init
 
-    def vjp_step(state, x, d_out, d_state):
-        def f(state, xw, pw):
-            xf, pf = list(x), list(params)
-            for i, v in zip(wx, xw):
-                xf[i] = v
-            for i, v in zip(wp, pw):
-                pf[i] = v
-            outs, new = step(state, tuple(xf), tuple(pf))
-            return tuple(outs), tuple(new)
-
-        _, pullback = jax.vjp(f, state, tuple(x[i] for i in wx), tuple(params[i] for i in wp))
-        return pullback((d_out, d_state))
-
     def run(steps):
         xs = [tuple(r[k].astype(cdt) for r in x_refs) for k in range(steps)]
         # Recompute the chunk's states from its checkpoint.
@@ -501,7 +477,8 @@ def _backward_kernel(*refs, step, T, K, cdt, block, n_x, init_kinds, kinds, n_ck
         acc = tuple(r[...] for r in acc_refs)
         for k in reversed(range(steps)):
             d_out = tuple(zero if r is None else r[k].astype(cdt) for r in dout_refs)
-            d_state, dxw, dpw = vjp_step(before[k], xs[k], d_out, d_state)
+            d_state, dxw, dpw = step_vjp(step, before[k], xs[k], params, wx, wp, d_out,
+                                         d_state)
             for i, g in zip(wx, dxw):
                 dx_refs[i][k] = g.astype(dx_refs[i].dtype)
             acc = tuple(a + g for a, g in zip(acc, dpw))

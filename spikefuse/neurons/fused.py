@@ -25,9 +25,10 @@ Layout: operands are the user's arrays, ``[T, *shape]`` per step (time-major, "l
 broadcastable to ``shape`` per neuron ("lead 0"); each kernel call reshapes them to the
 kernels' cells on its own shard (`_local`): ``[T, N]`` / ``[N]`` or ``[1]`` for the GPU
 kernels, ``[T, M, D]`` / ``[M, D]`` or ``[1, 1]`` for the TPU ones (``cells`` of each).
-``vmap`` adds the batch axis to the neuron dims (the step is elementwise, so that is exact). Sharded inputs run per shard
-(``kernels.sharding``): on Explicit mesh axes a bind is wrapped in a ``shard_map``; on Auto
-axes a twin primitive lowers the kernel through ``custom_partitioning``.
+``vmap`` adds the batch axis to the neuron dims (the step is elementwise, so that is
+exact). Sharded inputs run per shard (``kernels.sharding``): on Explicit mesh axes a bind is
+wrapped in a ``shard_map``; on Auto axes a twin primitive lowers the kernel through
+``custom_partitioning``.
 """
 
 from __future__ import annotations
@@ -257,10 +258,6 @@ def _abstract_eval(*avals, spec: Spec):
     return dxs + [like((), cdt)] * (sum(spec.want_init) + sum(spec.want_params))
 
 
-# The platforms that get a lowering rule of their own (None: the default rule).
-_PLATFORMS = (None, "cuda", "rocm", "tpu")
-
-
 class _Prims:
     """The three primitives of one placement (local, or partitioned for Auto axes)."""
 
@@ -272,7 +269,7 @@ class _Prims:
             prim.def_impl(functools.partial(_eager, prim))
             # One rule per platform: "pallas" lowers to the Triton kernels for a GPU and to
             # the Mosaic kernels for a TPU (the default rule covers every other platform).
-            for platform in _PLATFORMS:
+            for platform in dispatch.LOWERING_PLATFORMS:
                 mlir.register_lowering(prim, silence_triton_deprecation()(mlir.lower_fun(
                     functools.partial(_lower, partition=partition,
                                       platform=platform or "cpu"),

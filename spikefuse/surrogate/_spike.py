@@ -100,10 +100,6 @@ def _launch(kernel, args, partition):
     return kernel(*args)[0]
 
 
-# The platforms that get a lowering rule of their own (None: the default rule).
-_PLATFORMS = (None, "cuda", "rocm", "tpu")
-
-
 class _Ops(NamedTuple):
     spike: Primitive  # (x, thr, *params) -> H(x - thr)
     grad: Primitive   # (x, thr, t, *params) -> t * g'(x - thr)
@@ -128,7 +124,7 @@ def _define(suffix: str, partition: bool) -> _Ops:
         prim.def_impl(lambda *args, grad_fn, backend, _p=prim: jitted(_p, grad_fn, backend)(*args))
         # One rule per platform: "pallas" lowers to the Triton kernels for a GPU and to the
         # Mosaic kernels for a TPU (the default rule covers every other platform).
-        for platform in _PLATFORMS:
+        for platform in dispatch.LOWERING_PLATFORMS:
             lowering = mlir.lower_fun(functools.partial(
                 impl, partition=partition, platform=platform or "cpu"), multiple_results=False)
             mlir.register_lowering(prim, silence_triton_deprecation()(lowering),

@@ -478,17 +478,18 @@ def test_shard_map_check_vma_reference_and_interpret():
                       (P(None, "d"),), (P(None, "d"), P("d")), check_vma=True)(XS)
 
 
+def _pallas_body(x, thr, x_seq):
+    """fire's gradient and LIF's (forward and backward) on "pallas", inside a shard_map."""
+    loss = lambda x, thr: (spikefuse.fire(x, thr, backend="pallas") * x).sum()
+    gx, gt = jax.grad(loss, (0, 1))(x, thr)
+    lif_loss = lambda x_seq: sn.lif(x_seq, backend="pallas")[0].sum()
+    return gx, jax.lax.psum(gt, "d"), jax.grad(lif_loss)(x_seq)
+
+
 @pytest.mark.parametrize("check_vma", [True, False])
 def test_pallas_inside_shard_map_lowers_for_cuda(check_vma):
     mesh, context = lowering.cuda_mesh((8,), ("d",))
-
-    def body(x, thr, x_seq):
-        loss = lambda x, thr: (spikefuse.fire(x, thr, backend="pallas") * x).sum()
-        gx, gt = jax.grad(loss, (0, 1))(x, thr)
-        lif_loss = lambda x_seq: sn.lif(x_seq, backend="pallas")[0].sum()
-        return gx, jax.lax.psum(gt, "d"), jax.grad(lif_loss)(x_seq)
-
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P("d"), P(), P(None, "d")),
+    mapped = jax.shard_map(_pallas_body, mesh=mesh, in_specs=(P("d"), P(), P(None, "d")),
                            out_specs=(P("d"), P(), P(None, "d")), check_vma=check_vma)
     text = lowering.export_for_cuda(
         mapped, *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (X, THR, XS)),
@@ -502,14 +503,7 @@ def test_pallas_inside_shard_map_lowers_for_tpu(check_vma):
     """The same body lowered for tpu: the Mosaic kernels (fire's gradient, LIF's forward and
     backward) run on each device's block, with no gathers."""
     mesh = jax.sharding.AbstractMesh((8,), ("d",), (AxisType.Auto,))
-
-    def body(x, thr, x_seq):
-        loss = lambda x, thr: (spikefuse.fire(x, thr, backend="pallas") * x).sum()
-        gx, gt = jax.grad(loss, (0, 1))(x, thr)
-        lif_loss = lambda x_seq: sn.lif(x_seq, backend="pallas")[0].sum()
-        return gx, jax.lax.psum(gt, "d"), jax.grad(lif_loss)(x_seq)
-
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P("d"), P(), P(None, "d")),
+    mapped = jax.shard_map(_pallas_body, mesh=mesh, in_specs=(P("d"), P(), P(None, "d")),
                            out_specs=(P("d"), P(), P(None, "d")), check_vma=check_vma)
     with jax.sharding.use_abstract_mesh(mesh):
         text = lowering.export_for_tpu(
