@@ -346,11 +346,17 @@ def no_kernel_built(monkeypatch):
             monkeypatch.setattr(mod, name, boom)
 
 
+def _round_step(v, x, p, fire):
+    h = v + jnp.round(x)
+    return fire(h, 1.0), h
+
+
 def test_pallas_refuses_what_the_platform_cannot_lower(no_kernel_built):
-    """erf is elementwise, so reference and the interpret backends run it; the GPU (Triton)
-    kernel cannot lower it, the TPU (Mosaic) kernel can; expm1 the other way round. "pallas"
-    checks the kernel bodies while lowering, for the platform it lowers for, and refuses
-    before any kernel is built (here: while exporting on a CPU)."""
+    """erf and round are elementwise, so reference and the interpret backends run them; the
+    GPU (Triton) kernel cannot lower them; the TPU (Mosaic) kernel can lower round (erf's
+    derivative holds `polynomial` on jax 0.12, which it cannot), but not expm1, which Triton
+    can. "pallas" checks the kernel bodies while lowering, for the platform it lowers for,
+    and refuses before any kernel is built (here: while exporting on a CPU)."""
     x = jax.ShapeDtypeStruct((3, 6), jnp.float32)
 
     def export(step, platform):
@@ -361,10 +367,12 @@ def test_pallas_refuses_what_the_platform_cannot_lower(no_kernel_built):
 
     with pytest.raises(ValueError, match=r"_erf_step.*`erf`.*Triton.*backend='reference'"):
         export(_erf_step, "cuda")
+    with pytest.raises(ValueError, match=r"_round_step.*`round`.*Triton"):
+        export(_round_step, "cuda")
     with pytest.raises(ValueError, match=r"_expm1_step.*`expm1`.*Mosaic.*backend='reference'"):
         export(_expm1_step, "tpu")
     with pytest.raises(AssertionError, match="kernel was built"):  # passes the check
-        export(_erf_step, "tpu")
+        export(_round_step, "tpu")
     with pytest.raises(AssertionError, match="kernel was built"):
         export(_expm1_step, "cuda")
 

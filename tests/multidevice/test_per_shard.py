@@ -319,12 +319,14 @@ def test_tpu_kernels_per_shard(mesh_name, types, monkeypatch):
     (ws, (wgx, wgt)), (wlif_out, wlif_grads), (weng_out, weng_grads) = want
     for g, w in zip((s, *lif_out, eng_out[0]), (ws, *wlif_out, weng_out[0])):
         assert_same(g, w, "exact")  # spikes, v_T, v_seq; the engine's spikes
-    for g, w, how in zip((gx, gt, *lif_grads), (wgx, wgt, *wlif_grads),
-                         ("ulp", "sum", "ulp", "sum", "ulp")):
-        assert_same(g, w, how)
-    for g, w in zip(jax.tree.leaves((eng_out[1:], eng_grads)),
-                    jax.tree.leaves((weng_out[1:], weng_grads))):
-        assert_same(g, w, "close")  # as in test_engine_two_state_per_shard
+    assert_same(gx, wgx, "ulp")
+    assert_same(gt, wgt, "sum")
+    # The neurons' states and gradients to float32 rounding, as in
+    # test_engine_two_state_per_shard (XLA CPU contracts the interpreted kernels'
+    # multiply-adds differently per shard shape: 74 ulp in LIF's dx on jax 0.12, 2x4 Auto).
+    for g, w in zip(jax.tree.leaves((lif_grads, eng_out[1:], eng_grads)),
+                    jax.tree.leaves((wlif_grads, weng_out[1:], weng_grads))):
+        assert_same(g, w, "close")
     assert "all-reduce" in found  # the gradients of the shared threshold, tau and beta
     assert spec_of(s) == spec_of(jax.device_put(X, NamedSharding(mesh, spec)))
 
