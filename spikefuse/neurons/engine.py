@@ -316,10 +316,9 @@ def multistep(step, x_seq, init, params=None, *, surrogate: Surrogate | None = N
 
     For t = 1 … T: ``s_t, state = step(state, x_t, params, fire)``, starting from ``init``.
     On ``"pallas"`` (GPU, TPU) and the interpret backends the loop is one forward Pallas
-    kernel and one
-    BPTT kernel that differentiates ``step`` with ``jax.vjp`` inside the kernel, keeping
-    only the state every K steps; on ``"reference"`` it is a ``lax.scan``. Both run the same
-    step, so they compute the same spikes and gradients.
+    kernel and one BPTT kernel that differentiates ``step`` with ``jax.vjp`` inside the
+    kernel, keeping only the state every K steps; on ``"reference"`` it is a ``lax.scan``.
+    Both run the same step, so they compute the same spikes and gradients.
 
     The step, ``step(state, x_t, params, fire) -> (s_t, new_state)``:
 
