@@ -4,7 +4,8 @@
 * ``spikefuse.neurons``: multi-step IF/LIF layers, a ``lax.scan`` reference and fused kernels.
 * ``spikefuse.fire(v, threshold, surrogate)``: the fused threshold + spike entry point.
 * ``spikefuse.set_backend`` / ``get_backend`` / ``use_backend``: ``"auto"``, ``"reference"``,
-  ``"pallas"`` or ``"interpret"`` (also the ``SPIKEFUSE_BACKEND`` environment variable).
+  ``"pallas"``, ``"interpret"`` or ``"interpret_tpu"`` (also the ``SPIKEFUSE_BACKEND``
+  environment variable).
 """
 
 from spikefuse import neurons, surrogate

@@ -18,7 +18,7 @@ import numpy as np
 
 import spikefuse
 from spikefuse.benchmark.cli import add_bench_parser
-from spikefuse.benchmark.timing import on_gpu, time_fn
+from spikefuse.benchmark.timing import on_accelerator, time_fn
 from spikefuse.kernels import dispatch
 from spikefuse.plot import add_plot_parser
 from spikefuse.surrogate import registry
@@ -64,11 +64,11 @@ def demo(size: int) -> None:
     ref = _time(fwd_bwd("reference"), v, ct)
     print(f"  reference (XLA): {ref * 1e3:8.3f} ms  "
           f"{5 * 4 * size / ref / 1e9:7.1f} GB/s (20 B/element)")
-    if on_gpu():  # the kernel is timed where it can run, whatever "auto" picks
+    if on_accelerator():  # the kernel is timed where it can run, whatever "auto" picks
         pal = _time(fwd_bwd("pallas"), v, ct)
         print(f"  pallas         : {pal * 1e3:8.3f} ms  ({ref / pal:.2f}x the reference)")
     else:
-        print("  pallas         : needs a GPU "
+        print("  pallas         : needs a GPU or a TPU "
               "(CPU runs the reference; tests check the kernels in interpret mode)")
 
 

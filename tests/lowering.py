@@ -1,6 +1,8 @@
-"""Lower a function for the ``cuda`` platform with ``jax.export`` on a CPU-only machine.
+"""Lower a function for the ``cuda`` or ``tpu`` platform with ``jax.export`` on a CPU-only
+machine.
 
-Shared by every kernel test. jax >= 0.12 asks the Pallas Triton lowering for the target
+Shared by every kernel test. For ``tpu`` nothing is needed: the Pallas -> Mosaic lowering runs
+on any machine and leaves a ``tpu_custom_call`` (the final Mosaic compile happens on a TPU). jax >= 0.12 asks the Pallas Triton lowering for the target
 GPU's compute capability; with no GPU present it must come from an abstract device, so we
 lower inside ``use_abstract_mesh`` with an H200 (our GPU target); jax 0.10.2 does not need it
 but accepts it, so every supported version lowers the same way. `cuda_mesh` gives the same
@@ -14,6 +16,9 @@ from jax import export
 from jax.sharding import AxisType
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
+TPU_CALL = "tpu_custom_call"
+# What each platform's kernels leave in the exported module.
+KERNEL_CALL = {"cuda": TRITON_CALL, "tpu": TPU_CALL}
 _H200 = dict(device_kind="NVIDIA H200", num_cores=132, platform="gpu")
 
 
@@ -43,3 +48,13 @@ def export_for_cuda(fn, *avals, context=None):
             disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON_CALL)],
         )(*avals)
     return exported.mlir_module()
+
+
+def export_for_tpu(fn, *avals):
+    """Returns the StableHLO text of ``jax.jit(fn)`` lowered for ``tpu`` at ``avals``."""
+    return export.export(jax.jit(fn), platforms=["tpu"])(*avals).mlir_module()
+
+
+def export_for(platform, fn, *avals):
+    """`export_for_cuda` or `export_for_tpu`, by platform name."""
+    return (export_for_cuda if platform == "cuda" else export_for_tpu)(fn, *avals)

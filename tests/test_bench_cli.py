@@ -6,6 +6,7 @@ matplotlib is a declared test dependency (the ``test`` extra).
 import json
 import math
 
+import jax
 import matplotlib.image
 import pytest
 
@@ -181,6 +182,15 @@ def test_pallas_on_cpu_is_an_error_not_a_fallback(capsys):
         cli.main(["bench", "--backends", "pallas"])
     assert e.value.code == 2
     assert "needs a GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_pallas_is_benchmarked_on_a_gpu_and_a_tpu(monkeypatch, platform):
+    """On either accelerator "pallas" is in the default table (it compiles that platform's
+    kernels); the platform is faked by name, nothing runs."""
+    monkeypatch.setattr(jax, "default_backend", lambda: platform)
+    assert "pallas" in ew.available_backends()
+    assert ew.unavailable_reason("pallas") is None
 
 
 def test_demo_and_plot_still_dispatch(tmp_path):

@@ -2,9 +2,10 @@
 
 The expected picks are written out here, as the decision record (README, Backends): on a
 GPU the elementwise spike runs the reference (no model measurement shows the Pallas kernel
-faster) and the multi-step neurons run the fused kernels; CPU, TPU and unknown platforms run
-the reference. Platforms are given by name, or by faking ``jax.default_backend`` — nothing
-here needs the platform itself.
+faster) and the multi-step neurons run the fused kernels; a TPU mirrors the GPU (not
+measured there); CPU and unknown platforms run the reference. Platforms are given by name,
+or by faking ``jax.default_backend`` — nothing here needs the platform itself. Which kernels
+a kernel backend runs, by the platform it is lowered for, is `dispatch.kernel_target`.
 """
 
 import jax
@@ -24,7 +25,7 @@ EXPECTED_AUTO = {
     ("cuda", "elementwise"): "reference",  # jax may name the GPU platform "cuda"
     ("cuda", "neurons"): "pallas",
     ("tpu", "elementwise"): "reference",
-    ("tpu", "neurons"): "reference",
+    ("tpu", "neurons"): "pallas",
     ("metal", "elementwise"): "reference",  # a platform the table does not know
     ("metal", "neurons"): "reference",
 }
@@ -65,7 +66,7 @@ def test_default_op_is_elementwise(on_platform):
     assert dispatch.resolve("auto", platform="gpu") == "reference"
 
 
-@pytest.mark.parametrize("name", ["reference", "pallas", "interpret"])
+@pytest.mark.parametrize("name", ["reference", "pallas", "interpret", "interpret_tpu"])
 @pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
 def test_explicit_backends_are_strict(clean, name, platform):
     for op in dispatch.OPS:
@@ -98,6 +99,38 @@ def test_context_and_global_overrides(on_platform):
             assert dispatch.resolve(op="elementwise") == "pallas"
         assert dispatch.resolve("interpret", op="neurons") == "interpret"
     assert dispatch.resolve(op="neurons") == "reference"
+
+
+# (backend, lowering platform) -> (kernel family, interpreted): "pallas" compiles the kernels
+# of the platform it is lowered for; the interpret backends name their family.
+EXPECTED_KERNELS = {
+    ("pallas", "cuda"): ("gpu", False),
+    ("pallas", "rocm"): ("gpu", False),
+    ("pallas", "tpu"): ("tpu", False),
+    ("interpret", "cpu"): ("gpu", True),
+    ("interpret", "tpu"): ("gpu", True),
+    ("interpret_tpu", "cpu"): ("tpu", True),
+    ("interpret_tpu", "cuda"): ("tpu", True),
+}
+
+
+@pytest.mark.parametrize("backend,platform", sorted(EXPECTED_KERNELS))
+def test_kernel_target_by_platform_name(backend, platform):
+    assert dispatch.kernel_target(backend, platform) == EXPECTED_KERNELS[backend, platform]
+
+
+def test_pallas_refuses_only_cpu():
+    with pytest.raises(dispatch.BackendUnavailableError, match="cannot compile for cpu"):
+        dispatch.kernel_target("pallas", "cpu")
+    with pytest.raises(ValueError, match="backend must be"):
+        dispatch.kernel_target("reference", "tpu")
+    x = jnp.ones(3)
+    with pytest.raises(dispatch.BackendUnavailableError, match="interpret_tpu"):
+        jax.jit(dispatch.accelerator_only)(x)  # compiled here, for the CPU
+    for platform in ("cuda", "tpu"):  # lowered for the accelerators, untouched
+        text = jax.export.export(jax.jit(dispatch.accelerator_only),
+                                 platforms=[platform])(x).mlir_module()
+        assert "spikefuse" not in text
 
 
 @pytest.mark.parametrize("op", ["neuron", "Elementwise", "", None])

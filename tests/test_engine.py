@@ -1,7 +1,8 @@
 """Tests for the neuron engine, ``spikefuse.neurons.multistep``: user steps on every CPU
-backend against a ``lax.scan`` written here (with its own spike rule), forward and reverse
-mode; transformations; the refusals (raised before any kernel); the residuals the fused
-backward keeps; the cuda lowering of the kernels."""
+backend (the GPU and the TPU kernels interpreted) against a ``lax.scan`` written here (with
+its own spike rule), forward and reverse mode; transformations; the refusals (raised before
+any kernel); the residuals the fused backward keeps; the cuda and tpu lowerings of the
+kernels."""
 
 import functools
 
@@ -10,17 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import neuron_oracle
-from lowering import export_for_cuda
+from lowering import KERNEL_CALL, export_for, export_for_cuda
 
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
-from spikefuse.kernels import scan
+from spikefuse.kernels import scan, tpu_scan
 from spikefuse.neurons import engine, fused
 
 ALPHA = 3.0  # the surrogate: spikefuse's Sigmoid(alpha=3); the oracle writes g' itself
 K = 4
 CONFIGS = {"k4": scan.ScanConfig(block=32, chunk=K, num_warps=1),
            "k4pf": scan.ScanConfig(block=64, chunk=K, num_warps=2, prefetch=True)}
+TPU_CONFIG = tpu_scan.TpuScanConfig(chunk=K, block_rows=16, block_cols=128)
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
 
 
@@ -120,11 +122,13 @@ def test_engine_matches_scan_of_the_same_step(case):
     sur = sg.Sigmoid(alpha=ALPHA)
 
     def run(backend):
-        kw = dict(config=CONFIGS[cfg]) if backend == "interpret" else {}
+        kw = dict(config={"interpret": CONFIGS[cfg], "interpret_tpu": TPU_CONFIG}[backend]
+                  ) if backend != "reference" else {}
         return lambda x, i, p: engine.run(step, x, i, p, surrogate=sur, backend=backend, **kw)
 
     fns = {"oracle": lambda x, i, p: oracle(step, x, i, p),
-           "reference": run("reference"), "interpret": run("interpret")}
+           "reference": run("reference"), "interpret": run("interpret"),
+           "interpret_tpu": run("interpret_tpu")}
     args = (x_seq, init, params)
     out_shape = jax.eval_shape(fns["oracle"], *args)
     cts = _random_like(out_shape, seed=1)
@@ -139,7 +143,7 @@ def test_engine_matches_scan_of_the_same_step(case):
         results[label] = jax.jit(both)(*args)
     (s_o, fin_o), grads_o, tan_o = results["oracle"]
     assert 0.02 < float(jnp.mean(s_o.astype(jnp.float32))) < 0.9  # spikes do happen
-    for label in ("reference", "interpret"):
+    for label in ("reference", "interpret", "interpret_tpu"):
         (s, fin), grads, tan = results[label]
         assert s.dtype == s_o.dtype and s.shape == (T, *shape)
         np.testing.assert_array_equal(np.asarray(s, np.float32), np.asarray(s_o, np.float32),
@@ -327,13 +331,50 @@ def test_refusals_of_traced_closures_and_unhashable_steps(no_kernel):
         sn.multistep(Unhashable(), x, 0.0)
 
 
-def test_pallas_refuses_what_triton_cannot_lower(no_kernel):
-    """erf: elementwise, so reference and interpret run it; the GPU kernel cannot lower it,
-    which "pallas" says while tracing (here: while exporting for cuda on a CPU)."""
-    x = jnp.full((3, 6), 0.5, jnp.float32)
-    with pytest.raises(ValueError, match=r"erf.*Triton.*backend='reference'"):
-        export_for_cuda(lambda x: sn.multistep(_erf_step, x, 0.0, backend="pallas"),
-                        jax.ShapeDtypeStruct(x.shape, x.dtype))
+def _expm1_step(v, x, p, fire):
+    h = v + jnp.expm1(x)
+    return fire(h, 1.0), h
+
+
+@pytest.fixture
+def no_kernel_built(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a kernel was built before the step was checked")
+
+    for mod in (scan, tpu_scan):
+        for name in ("scan_forward", "scan_backward"):
+            monkeypatch.setattr(mod, name, boom)
+
+
+def _round_step(v, x, p, fire):
+    h = v + jnp.round(x)
+    return fire(h, 1.0), h
+
+
+def test_pallas_refuses_what_the_platform_cannot_lower(no_kernel_built):
+    """erf and round are elementwise, so reference and the interpret backends run them; the
+    GPU (Triton) kernel cannot lower them; the TPU (Mosaic) kernel can lower round (erf's
+    derivative holds `polynomial` on jax 0.12, which it cannot), but not expm1, which Triton
+    can. "pallas" checks the kernel bodies while lowering, for the platform it lowers for,
+    and refuses before any kernel is built (here: while exporting on a CPU)."""
+    x = jax.ShapeDtypeStruct((3, 6), jnp.float32)
+
+    def export(step, platform):
+        fn = lambda x: sn.multistep(step, x, 0.0, backend="pallas")  # noqa: E731
+        if platform == "cuda":
+            return export_for_cuda(fn, x)
+        return jax.export.export(jax.jit(fn), platforms=["tpu"])(x).mlir_module()
+
+    with pytest.raises(ValueError, match=r"_erf_step.*`erf`.*Triton.*backend='reference'"):
+        export(_erf_step, "cuda")
+    with pytest.raises(ValueError, match=r"_round_step.*`round`.*Triton"):
+        export(_round_step, "cuda")
+    with pytest.raises(ValueError, match=r"_expm1_step.*`expm1`.*Mosaic.*backend='reference'"):
+        export(_expm1_step, "tpu")
+    with pytest.raises(AssertionError, match="kernel was built"):  # passes the check
+        export(_round_step, "tpu")
+    with pytest.raises(AssertionError, match="kernel was built"):
+        export(_expm1_step, "cuda")
 
 
 def test_elementwise_tricks_are_accepted():
@@ -386,9 +427,10 @@ def test_fused_backward_keeps_only_checkpoints(name):
 
 
 # -- GPU lowering, checked on CPU ----------------------------------------------------------
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["alif_2", "comp_3"])
-def test_user_steps_lower_for_cuda(name, dtype):
+def test_user_steps_lower(name, dtype, platform):
     step, x_seq, init, params = _problem(name, 37, (3, 333), True, dtype, seed=6)
     config = scan.ScanConfig(block=128, chunk=8, num_warps=4, prefetch=True)
 
@@ -398,5 +440,5 @@ def test_user_steps_lower_for_cuda(name, dtype):
         return out, pullback(jax.tree.map(jnp.ones_like, out))
 
     avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x_seq)
-    text = export_for_cuda(fwd_bwd, avals)
-    assert text.count("__gpu$xla.gpu.triton") >= 2  # the forward and the BPTT kernel
+    text = export_for(platform, fwd_bwd, avals)
+    assert text.count(KERNEL_CALL[platform]) == 2  # the forward and the BPTT kernel

@@ -1,6 +1,8 @@
 """Tests for spikefuse.kernels.elementwise: interpret mode against independent references,
 the cuda lowering (jax.export on CPU), no recompilation on a new parameter value, and the
-chunking that keeps in-kernel indices inside int32."""
+chunking that keeps in-kernel indices inside int32. At the end, the TPU kernels
+(spikefuse.kernels.tpu_elementwise) in Pallas' TPU interpret mode against the same
+references, their layout and configuration."""
 
 import functools
 import warnings
@@ -14,8 +16,11 @@ from hypothesis import given, settings
 from jax import export
 from jax.interpreters import mlir
 
+from jax.experimental.pallas import tpu as pltpu
+
 from spikefuse.kernels import _compat
 from spikefuse.kernels import elementwise as ew
+from spikefuse.kernels import tpu_elementwise as tew
 
 import lowering
 from lowering import export_for_cuda
@@ -450,3 +455,87 @@ def test_chunked_matches_unchunked(monkeypatch):
                            jax.ShapeDtypeStruct(x.shape, jnp.float32),
                            jax.ShapeDtypeStruct((), jnp.float32))
     assert text.count("spikefuse_heaviside") >= 3
+
+
+# ---------------------------------------------------------------------------------------
+# The TPU kernels in Pallas' TPU interpret mode: a simulator of the TPU's memories that runs
+# the "parallel" grid dims in a random order and refuses out-of-bounds reads and revisited
+# output blocks. (backend="interpret_tpu" runs the same kernels in Pallas' generic
+# interpreter, which passes through jax's transformations: test_spike_backends.py.)
+
+TPU_SMALL = tew.TpuElementwiseConfig(block_rows=16, block_cols=128)
+TPU_INTERPRET = pltpu.InterpretParams()
+
+
+# (shape, dtype, threshold shape, parameter shapes): ragged blocks in both dims, 5-D with a
+# per-feature row, a ragged 1-D array, 0-d; thresholds and parameters of every kind.
+@pytest.mark.parametrize("shape, dtype, thr_shape, p_shapes", [
+    ((37, 300), "float32", (), [(37, 300), ()]),
+    ((2, 3, 5, 7, 11), "bfloat16", (11,), [(1, 11), (2, 3, 5, 7, 11)]),
+    ((1025,), "float16", (1025,), [(), ()]),
+    ((), "float32", (), [(), ()]),
+], ids=["37x300-f32", "5d-bf16", "1025-f16", "0d-f32"])
+def test_tpu_kernels_in_tpu_interpret_mode(shape, dtype, thr_shape, p_shapes):
+    rng = np.random.default_rng(len(shape))
+    dt = DTYPES[dtype]
+    grad_fn, grad64, ranges = GRAD_FNS["atan2p"]
+    x = rng.uniform(-3, 3, size=shape).astype(dt)
+    t = rng.uniform(-1, 1, size=shape).astype(dt)
+    thr = rng.uniform(-0.5, 0.5, size=thr_shape).astype(dt).astype(np.float32)
+    x.reshape(-1)[::7] = np.broadcast_to(thr, shape).reshape(-1)[::7]  # exact ties -> 1
+    params = tuple(rng.uniform(lo, hi, size=ps).astype(np.float32)
+                   for (lo, hi), ps in zip(ranges, p_shapes))
+    h = tew.heaviside(x, thr, interpret=TPU_INTERPRET, config=TPU_SMALL)
+    g = tew.grad_mul(x, thr, t, params, grad_fn, interpret=TPU_INTERPRET, config=TPU_SMALL)
+    assert (h.shape, h.dtype, g.shape, g.dtype) == (shape, dt, shape, dt)
+    np.testing.assert_array_equal(_np(h), _ref_heaviside(x, thr))
+    rtol, atol = TOLERANCES[dtype]
+    np.testing.assert_allclose(_np(g).astype(np.float64), _ref_grad_mul(x, thr, t, params, grad64),
+                               rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape, view", [((), (1, 1)), ((5,), (1, 5)), ((512,), (4, 128)),
+                                         ((3, 7), (3, 7)), ((2, 3, 5, 7, 11), (210, 11))])
+def test_tpu_view_keeps_the_minor_dim(shape, view):
+    assert tew.view(shape) == view
+
+
+def test_tpu_config_and_dtype_validation():
+    for bad in (dict(block_rows=8), dict(block_rows=0), dict(block_cols=100)):
+        with pytest.raises(ValueError, match="multiple of"):
+            tew.TpuElementwiseConfig(**{**dict(block_rows=16, block_cols=128), **bad})
+    c = tew.default_config(10_000, 300, jnp.float32)  # 384 lanes padded: 672 rows
+    assert (c.block_rows, c.block_cols) == (672, 384)
+    assert tew.default_config(10, 5000, jnp.bfloat16).block_cols == 2048
+    with jax.enable_x64(True):  # Mosaic has no f64: refused when compiling, run interpreted
+        x = jnp.linspace(-1, 1, 300, dtype=jnp.float64)
+        with pytest.raises(TypeError, match="float64"):
+            tew.heaviside(x, 0.0, interpret=False)
+        np.testing.assert_array_equal(_np(tew.heaviside(x, 0.0, interpret=True)),
+                                      (_np(x) >= 0).astype(np.float64))
+    with pytest.raises(TypeError, match="interpret"):
+        tew.heaviside(jnp.zeros(3), 0.0, interpret="yes")
+    with pytest.raises(ValueError, match="does not broadcast"):
+        tew.grad_mul(jnp.zeros((4, 3)), jnp.zeros(4), jnp.zeros((4, 3)), (), lambda d: d,
+                     interpret=True)
+
+
+def test_tpu_grid_and_blocks_of_the_lowered_kernel():
+    """The pallas_call the TPU kernel builds: a 2-D grid over the [M, D] view with the
+    configured blocks, both dims "parallel"; scalars in SMEM, a per-feature row as a (1, bd)
+    block; and the lowering for tpu holds one Mosaic kernel per call."""
+    x = jnp.zeros((3, 40, 300), jnp.bfloat16)  # [120, 300]
+    fn = lambda x, thr, a: tew.grad_mul(x, thr, x, (a,), lambda d, a: a * d,  # noqa: E731
+                                         interpret=False, config=TPU_SMALL)
+    args = (x, jnp.zeros(300, jnp.float32), jnp.float32(2.0))
+    [eqn] = [e for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns if e.primitive.name == "pallas_call"]
+    grid_mapping = eqn.params["grid_mapping"]
+    assert grid_mapping.grid == (8, 3)
+    blocks = [(tuple(getattr(b, "block_size", b) for b in bm.block_shape),
+               str(bm.block_aval.memory_space).lower()) for bm in grid_mapping.block_mappings]
+    # x, thr (a row), t, a (an SMEM scalar), the output
+    assert [b for b, _ in blocks] == [(16, 128), (1, 128), (16, 128), (1, 1), (16, 128)]
+    assert [m for _, m in blocks] == ["default"] * 3 + ["smem", "default"]
+    assert eqn.params["compiler_params"].dimension_semantics == ("parallel", "parallel")
+    text = lowering.export_for_tpu(fn, *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in args))
+    assert text.count(lowering.TPU_CALL) == 1 and "spikefuse_tpu_grad_mul" in text

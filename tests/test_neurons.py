@@ -1,6 +1,7 @@
 """Tests for spikefuse.neurons: the fused scan kernels (interpret mode) against the lax.scan
 reference, the reference against finite differences of an independent float64 model, the
-cuda lowering (jax.export on CPU), validation, pytrees and the launch heuristic."""
+TPU scan kernels ("interpret_tpu") against the reference for every neuron, the cuda and tpu
+lowerings (jax.export on CPU), validation, pytrees and the launch heuristic."""
 
 import functools
 import json
@@ -13,13 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from lowering import export_for_cuda
+from lowering import KERNEL_CALL, export_for
 from neuron_oracle import oracle, sigmoid_gprime
 
 import spikefuse
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
-from spikefuse.kernels import scan
+from spikefuse.kernels import scan, tpu_scan
 from spikefuse.neurons import engine, fused, reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -451,13 +452,119 @@ def test_plif_and_alif_classes():
 
 
 # ---------------------------------------------------------------------------------------
+# The TPU scan kernels ("interpret_tpu") against the reference, every neuron
+
+TPU_K = 4
+# Blocks of 16 rows x 128 lanes: 20 x 150 neurons are 2 x 2 blocks, both ragged.
+TPU_CONFIG = tpu_scan.TpuScanConfig(chunk=TPU_K, block_rows=16, block_cols=128)
+TPU_SHAPE = (20, 150)
+
+
+def _two_state_step(state, x, p, fire):
+    """A user's step with two states (an adaptive threshold with its own decay)."""
+    v, a = state
+    h = v * p["decay"] + x
+    theta = p["thr"] + p["beta"] * a
+    s = fire(h, theta)
+    return s, (h - theta * s, p["rho"] * a + (1.0 - p["rho"]) * s)
+
+
+def _tpu_problem(neuron, v_reset, decay, detach, rng):
+    """(f(x, *args, backend) -> (spikes, state), args): each neuron through its public
+    functional, with its numeric parameters as traced, differentiated arguments."""
+    u = lambda lo, hi, size=(): jnp.asarray(rng.uniform(lo, hi, size).astype(np.float32))  # noqa: E731
+    chan = (TPU_SHAPE[0], 1)
+    kw = dict(v_reset=v_reset, detach_reset=detach, surrogate=sg.Sigmoid(alpha=3.0),
+              config=TPU_CONFIG)
+    v0 = u(-0.3, 0.8, TPU_SHAPE)
+    if neuron == "if":
+        return (lambda x, v0, thr, backend: sn.integrate_fire(
+            x, v0, v_threshold=thr, backend=backend, **kw)), (v0, u(0.8, 1.2, chan))
+    if neuron == "lif":
+        return (lambda x, v0, tau, thr, backend: sn.lif(
+            x, v0, tau=tau, v_threshold=thr, decay_input=decay, backend=backend, **kw)), \
+            (v0, u(1.5, 3.0, chan), u(0.8, 1.2))
+    if neuron == "plif":
+        return (lambda x, v0, w, backend: sn.plif(
+            x, v0, w=w, decay_input=decay, backend=backend, **kw)), (v0, u(-1.0, 1.0, chan))
+    if neuron == "alif":
+        return (lambda x, v0, a0, tau, beta, backend: sn.alif(
+            x, v0, a0, tau=tau, tau_a=6.0, beta=beta, decay_input=decay, backend=backend,
+            **kw)), (v0, u(0.0, 0.3, TPU_SHAPE), u(1.5, 3.0), u(0.5, 1.5, chan))
+
+    def user(x, v0, a0, beta, backend):
+        params = {"decay": 0.8, "thr": 1.0, "beta": beta, "rho": 0.9}
+        return engine.run(_two_state_step, x, (v0, a0), params, backend=backend,
+                          surrogate=sg.Sigmoid(alpha=3.0), config=TPU_CONFIG)
+
+    return user, (v0, u(0.0, 0.3, TPU_SHAPE), u(0.5, 1.5, chan))
+
+
+# (neuron, v_reset, decay_input, detach_reset, T, dtype): every neuron and variant, T over
+# {1, K-1, K, K+1, 3K+5}, f32 and bf16 (a pairwise cover, not the product).
+TPU_CASES = [
+    ("if", 0.0, None, False, 1, "float32"),
+    ("if", None, None, True, 5, "bfloat16"),
+    ("lif", 0.0, True, False, 3, "float32"),
+    ("lif", None, False, True, 4, "float32"),
+    ("lif", 0.1, False, False, 17, "bfloat16"),
+    ("lif", None, True, False, 5, "float32"),
+    ("plif", 0.0, True, True, 17, "float32"),
+    ("alif", 0.0, True, False, 5, "float32"),
+    ("alif", None, False, True, 1, "float32"),
+    ("user2", None, None, None, 17, "float32"),
+    ("user2", None, None, None, 3, "bfloat16"),
+]
+
+
+@pytest.mark.parametrize("case", TPU_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_interpret_tpu_matches_reference(case):
+    """Spikes equal; final states and every gradient (reverse mode to x_seq, the initial
+    states and the parameters; forward mode) within 1e-5 of the largest magnitude (f32)."""
+    neuron, v_reset, decay, detach, T, dtype = case
+    rng = np.random.default_rng(T + len(neuron))
+    fn, args = _tpu_problem(neuron, v_reset, decay, detach, rng)
+    x = jnp.asarray(rng.normal(0.7, 0.8, (T, *TPU_SHAPE)).astype(np.float32), dtype)
+    args = (x, *args)
+    out_shape = jax.eval_shape(lambda *a: fn(*a, backend="reference"), *args)
+    cts = jax.tree.map(lambda o: jnp.asarray(rng.normal(size=o.shape), o.dtype), out_shape)
+    tangents = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), args)
+
+    def both(backend):
+        f = functools.partial(fn, backend=backend)
+
+        def run(*a):
+            out, pullback = jax.vjp(f, *a)
+            return out, pullback(cts), jax.jvp(f, a, tangents)[1]
+
+        return jax.jit(run)(*args)
+
+    (s_r, fin_r), grads_r, tan_r = both("reference")
+    (s_t, fin_t), grads_t, tan_t = both("interpret_tpu")
+    assert 0.02 < float(jnp.mean(s_r.astype(jnp.float32))) < 0.9  # spikes do happen
+    assert s_t.dtype == x.dtype and s_t.shape == x.shape
+    np.testing.assert_array_equal(np.asarray(s_t, np.float32), np.asarray(s_r, np.float32))
+    for what, got, want in (("final state", fin_t, fin_r), ("reverse mode", grads_t, grads_r),
+                            ("forward mode", tan_t, tan_r)):
+        for i, (g, w) in enumerate(zip(jax.tree.leaves(got), jax.tree.leaves(want),
+                                       strict=True)):
+            assert g.shape == w.shape and g.dtype == w.dtype, (what, i)
+            # bf16 in the input's dtype (x_seq, its gradient, final states), f32 elsewhere
+            _close(g, w, dtype if w.dtype == x.dtype else "float32", f"{what} {i}")
+
+
+# ---------------------------------------------------------------------------------------
 # GPU lowering, checked on CPU
 
 
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("variant", ["lif-hard-sigmoid-prefetch", "if-soft-user-default",
                                      "plif-soft-arctan", "alif-hard-sigmoid"])
-def test_forward_and_gradient_lower_for_cuda(variant, dtype):
+def test_forward_and_gradient_lower(variant, dtype, platform):
+    """"pallas" lowers to the forward and BPTT kernels of the platform (Triton for cuda,
+    Mosaic for tpu; a GPU config's chunk K carries over to the TPU kernels); T = 37 leaves
+    a ragged chunk, 1000 neurons per row a ragged block on both."""
     T, shape = 37, (3, 1000)
     dt = jnp.dtype(dtype)
     config = scan.ScanConfig(block=128, chunk=8, num_warps=4, prefetch=True)
@@ -482,11 +589,13 @@ def test_forward_and_gradient_lower_for_cuda(variant, dtype):
 
     avals = (jax.ShapeDtypeStruct((T, *shape), dt), jax.ShapeDtypeStruct(shape, jnp.float32),
              jax.ShapeDtypeStruct((), jnp.float32))
-    forward = export_for_cuda(lambda x, v0, tau: fn(x, v0, tau), *avals)
-    assert "spikefuse_scan_fwd" in forward and "spikefuse_scan_bwd" not in forward
-    both = export_for_cuda(fwd_bwd, *avals)
-    assert "spikefuse_scan_fwd" in both and "spikefuse_scan_bwd" in both
-    assert "__gpu$xla.gpu.triton" in both
+    prefix = "spikefuse_tpu_scan" if platform == "tpu" else "spikefuse_scan"
+    forward = export_for(platform, lambda x, v0, tau: fn(x, v0, tau), *avals)
+    assert f"{prefix}_fwd" in forward and f"{prefix}_bwd" not in forward
+    both = export_for(platform, fwd_bwd, *avals)
+    assert f"{prefix}_fwd" in both and f"{prefix}_bwd" in both
+    other = KERNEL_CALL["tpu" if platform == "cuda" else "cuda"]
+    assert both.count(KERNEL_CALL[platform]) == 2 and other not in both
 
 
 def test_pallas_forced_on_cpu_does_not_fall_back():

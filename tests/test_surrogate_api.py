@@ -638,7 +638,7 @@ def clean_backend(monkeypatch):
 
 
 def test_backend_names():
-    assert set(spikefuse.BACKENDS) == {"auto", "reference", "pallas", "interpret"}
+    assert set(spikefuse.BACKENDS) == {"auto", "reference", "pallas", "interpret", "interpret_tpu"}
 
 
 def test_default_backend_is_auto(clean_backend):
@@ -646,7 +646,7 @@ def test_default_backend_is_auto(clean_backend):
 
 
 def test_set_backend(clean_backend):
-    for name in ("reference", "interpret", "pallas", "auto"):
+    for name in ("reference", "interpret", "interpret_tpu", "pallas", "auto"):
         spikefuse.set_backend(name)
         assert spikefuse.get_backend() == name
     spikefuse.set_backend("reference")

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from spikefuse.benchmark import elementwise as ew
 from spikefuse.benchmark import models as md
 from spikefuse.benchmark import neurons as nr
-from spikefuse.benchmark.timing import (best_ceilings, ceiling_for, machine_info, on_gpu,
-                                       pct_of_ceiling)
+from spikefuse.benchmark.timing import (best_ceilings, ceiling_for, machine_info,
+                                       on_accelerator, pct_of_ceiling)
 from spikefuse.surrogate import registry
 
 QUICK = dict(size=1 << 18, dtypes="float32", repeats=5, min_sample_ms=5.0,
@@ -497,7 +497,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"# suites: {opts['suite']} | dtypes {','.join(opts['dtypes'])} | elementwise "
           f"{opts['size']:,} elements | backends {','.join(opts['backends'])} | "
           f"{opts['repeats']} repeats (median)", flush=True)
-    if not on_gpu() and not args.quick and opts["size"] >= FULL["size"]:
+    if not on_accelerator() and not args.quick and opts["size"] >= FULL["size"]:
         print("# note: the default sizes suit a GPU; on a CPU try --quick", flush=True)
     progress = not args.no_progress and sys.stdout.isatty()
     report = bench(opts, progress=progress,

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 
 import spikefuse
-from spikefuse.benchmark.timing import (ceiling_calls, ceiling_records, compile_all, on_gpu,
-                                       pct_of_ceiling, time_interleaved)
+from spikefuse.benchmark.timing import (ceiling_calls, ceiling_records, compile_all,
+                                       on_accelerator, pct_of_ceiling, time_interleaved)
 from spikefuse.surrogate import registry
 
 MODES = ("fwd", "bwd", "fwd+bwd", "fwd;bwd")
@@ -48,9 +48,10 @@ def braintools_surrogate():
 
 
 def available_backends() -> list[str]:
-    """Backends that give meaningful timings here: reference, pallas on GPU, braintools."""
+    """Backends that give meaningful timings here: reference, pallas on GPU or TPU,
+    braintools."""
     out = ["reference"]
-    if on_gpu():
+    if on_accelerator():
         out.append("pallas")
     if braintools_surrogate() is not None:
         out.append("braintools")
@@ -61,8 +62,9 @@ def unavailable_reason(backend: str) -> str | None:
     """Why ``backend`` cannot run here, or ``None`` when it can."""
     if backend not in BACKENDS:
         return f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})"
-    if backend == "pallas" and not on_gpu():
-        return "'pallas' needs a GPU (use 'interpret' to run the kernels interpreted on CPU)"
+    if backend == "pallas" and not on_accelerator():
+        return ("'pallas' needs a GPU or a TPU (use 'interpret' to run the kernels "
+                "interpreted on CPU)")
     if backend == "braintools" and braintools_surrogate() is None:
         return "'braintools' is not importable here (pip install braintools, Python >= 3.12)"
     return None

@@ -53,7 +53,7 @@ import spikefuse
 from spikefuse import surrogate as sf
 from spikefuse.benchmark import elementwise as ew
 from spikefuse.benchmark.memory import compiled_memory, device_peak_bytes, residual_bytes
-from spikefuse.benchmark.timing import compile_all, on_gpu, time_interleaved
+from spikefuse.benchmark.timing import compile_all, on_accelerator, time_interleaved
 from spikefuse.neurons import LIF
 
 __all__ = ["MODELS", "QUICK_MODELS", "VARIANTS", "Model", "available_variants",
@@ -344,12 +344,12 @@ def train_step_fn(model: Model, variant: str, kernel_backend: str | None = None)
 # -- the benchmark ---------------------------------------------------------------------
 def available_variants(kernel_backend: str | None, braintools: bool = True) -> list[str]:
     """The variants compiled and timed here: the fused ones only with a kernel backend,
-    ``step-pallas`` on a GPU, ``step-braintools`` where braintools imports (and is wanted)."""
+    ``step-pallas`` on a GPU or TPU, ``step-braintools`` where braintools imports (and is wanted)."""
     out = []
     if kernel_backend:
         out += ["fused", "fused+remat"]
     out += ["scan", "scan+remat", "step-auto", "step-reference"]
-    if on_gpu():
+    if on_accelerator():
         out.append("step-pallas")
     if braintools and ew.braintools_surrogate() is not None:
         out.append("step-braintools")

@@ -187,6 +187,11 @@ def on_gpu() -> bool:
     return jax.default_backend() in ("gpu", "cuda", "rocm")
 
 
+def on_accelerator() -> bool:
+    """A GPU or a TPU: where ``"pallas"`` compiles (Triton or Mosaic kernels)."""
+    return on_gpu() or jax.default_backend() == "tpu"
+
+
 def machine_info() -> dict:
     """What every result carries: date, machine, device, jax/jaxlib/python versions, commit."""
     import jaxlib
@@ -198,7 +203,7 @@ def machine_info() -> dict:
         processor=platform.processor() or platform.machine(),
         cpu_count=os.cpu_count(),
         platform=jax.default_backend(),
-        device=dev.device_kind if on_gpu() else "CPU",
+        device=dev.device_kind if on_accelerator() else "CPU",
         device_count=jax.device_count(),
         jax=jax.__version__,
         jaxlib=getattr(jaxlib, "__version__", "unknown"),

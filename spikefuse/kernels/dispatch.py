@@ -3,11 +3,18 @@
 Backends:
 
 * ``"reference"`` — pure jnp, compiled by XLA; the specification every kernel is tested against.
-* ``"pallas"`` — Pallas Triton kernels (GPU). Forced on a machine without a GPU it still
-  emits the GPU ``pallas_call`` (so ``jax.export(..., platforms=["cuda"])`` works), and
-  compiling for CPU raises a clear error instead of falling back.
-* ``"interpret"`` — the same kernels in Pallas interpret mode: runs anywhere, slowly; tests
-  use it to check the kernels on CPU.
+* ``"pallas"`` — the Pallas kernels of the platform the computation is compiled for: Triton
+  kernels on GPU (``kernels/elementwise.py``, ``kernels/scan.py``), Mosaic kernels on TPU
+  (``kernels/tpu_elementwise.py``, ``kernels/tpu_scan.py``). The choice is made by
+  platform-specific lowering rules of the spike and neuron primitives, so
+  ``jax.export(..., platforms=["cuda"])`` gives the Triton kernels and
+  ``platforms=["tpu"]`` the Mosaic ones, from any machine. Compiling it for CPU raises a
+  clear error instead of falling back.
+* ``"interpret"`` — the GPU kernels in Pallas interpret mode: runs anywhere, slowly; tests
+  use it to check the GPU kernels on CPU.
+* ``"interpret_tpu"`` — the TPU kernels in Pallas TPU interpret mode
+  (``pltpu.InterpretParams``: the grid in order, VMEM scratch, TPU semantics): runs
+  anywhere, slowly; tests use it to check the TPU kernels on CPU.
 * ``"auto"`` — decided per platform *and per operation* by the table ``AUTO`` below.
 
 Precedence: a call's ``backend=`` argument, then ``use_backend(...)``, then
@@ -33,10 +40,16 @@ faster than the reference:
 * GPU, neurons -> ``"pallas"``: the fused forward and BPTT kernels, 2.75-9.38x faster than
   the best ``lax.scan`` of unroll 1/8/32 for LIF forward+backward (H200, bench/RESULTS.md,
   2026-11-30, run 4). Measured per layer, not yet in a model on a GPU.
+* TPU mirrors the GPU rows: elementwise -> ``"reference"`` (a ``pallas_call`` is as opaque
+  to XLA on a TPU, which fuses the reference's elementwise code itself), neurons ->
+  ``"pallas"`` (the fused Mosaic kernels move the same bytes per neuron-step as the GPU
+  ones, about 21 B f32 forward+backward, against a ``lax.scan`` that pays a per-step loop
+  cost and keeps every step's state). Caveat: **not measured on a TPU** — nothing has run
+  on one; the kernels are checked in interpret mode (Pallas' and its TPU interpret mode)
+  and lowered for ``tpu`` with ``jax.export`` on CPU. Run ``python -m spikefuse bench`` on
+  a TPU, and revise this row with the figures, before relying on it.
 * CPU -> ``"reference"`` for both: the kernels cannot compile there (interpret mode is a
   test tool, orders of magnitude slower).
-* TPU -> ``"reference"`` for both: no TPU kernels yet. When they land, their rows go into
-  ``AUTO`` (one line each), with the measurement cited here.
 
 A platform not in the table (and any operation on it) gets ``"reference"``.
 """
@@ -56,16 +69,18 @@ __all__ = [
     "AUTO",
     "BACKENDS",
     "ENV_VAR",
+    "LOWERING_PLATFORMS",
     "OPS",
     "BackendUnavailableError",
+    "accelerator_only",
     "get_backend",
-    "gpu_only",
+    "kernel_target",
     "resolve",
     "set_backend",
     "use_backend",
 ]
 
-BACKENDS = ("auto", "reference", "pallas", "interpret")
+BACKENDS = ("auto", "reference", "pallas", "interpret", "interpret_tpu")
 ENV_VAR = "SPIKEFUSE_BACKEND"
 OPS = ("elementwise", "neurons")
 
@@ -76,15 +91,16 @@ AUTO = {
     ("cpu", "neurons"): "reference",
     ("gpu", "elementwise"): "reference",  # no model measurement shows the kernel faster
     ("gpu", "neurons"): "pallas",
-    ("tpu", "elementwise"): "reference",  # no TPU kernels yet
-    ("tpu", "neurons"): "reference",
+    ("tpu", "elementwise"): "reference",  # as on GPU; not measured on a TPU
+    ("tpu", "neurons"): "pallas",  # as on GPU; not measured on a TPU
 }
 # jax.default_backend() names -> the table's platform names.
 _PLATFORM_ALIASES = {"cuda": "gpu"}
 
 _UNSET = None
 _global: str | None = _UNSET
-_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("spikefuse_backend", default=None)
+_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("spikefuse_backend",
+                                                                     default=None)
 
 
 def _check(name, what: str = "backend") -> str:
@@ -125,7 +141,8 @@ def use_backend(name: str):
 
 def resolve(backend: str | None = None, *, op: str = "elementwise",
             platform: str | None = None) -> str:
-    """The concrete backend (``"reference"``, ``"pallas"`` or ``"interpret"``) for a call.
+    """The concrete backend (``"reference"``, ``"pallas"``, ``"interpret"`` or
+    ``"interpret_tpu"``) for a call.
 
     Args:
       backend: the call's ``backend=`` argument; ``None`` takes the configured default
@@ -144,6 +161,8 @@ def resolve(backend: str | None = None, *, op: str = "elementwise",
       'pallas'
       >>> dispatch.resolve("auto", op="elementwise", platform="gpu")
       'reference'
+      >>> dispatch.resolve("auto", op="neurons", platform="tpu")
+      'pallas'
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}; got {op!r}")
@@ -159,32 +178,75 @@ class BackendUnavailableError(RuntimeError):
     """An explicitly chosen backend cannot run on this platform (no silent fallback)."""
 
 
-# An identity that refuses to compile for CPU or TPU. Every "pallas" path passes its main
-# input through it, so compiling such a path for a platform without Triton raises a clear
-# error before any kernel launches, while lowering for cuda (jax.export on a CPU-only
-# machine included) goes through untouched.
-_gpu_only_p = Primitive("spikefuse_gpu_only")
-_gpu_only_p.def_abstract_eval(lambda x: x)
-_gpu_only_p.def_impl(lambda x: _gpu_only_jit(x))  # eager calls compile too, so they check
-_gpu_only_jit = jax.jit(_gpu_only_p.bind)
-ad.primitive_jvps[_gpu_only_p] = lambda primals, tangents: (_gpu_only_p.bind(*primals), tangents[0])
-batching.primitive_batchers[_gpu_only_p] = lambda args, dims: (_gpu_only_p.bind(*args), dims[0])
-mlir.register_lowering(_gpu_only_p, mlir.lower_fun(lambda x: x, multiple_results=False))
+# The lowering platforms the kernel primitives (spike, neurons) register a rule of their own
+# for, each calling `kernel_target` with its name (None: the default rule, any other
+# platform, lowered as "cpu").
+LOWERING_PLATFORMS = (None, "cuda", "rocm", "tpu")
 
 
-def _refuse(platform, ctx, x):
+def kernel_target(backend: str, platform: str) -> tuple[str, bool]:
+    """Which kernels a kernel backend runs when lowered for ``platform``.
+
+    Args:
+      backend: ``"pallas"``, ``"interpret"`` or ``"interpret_tpu"``.
+      platform: the lowering platform (``"cuda"``, ``"rocm"``, ``"tpu"``, ``"cpu"``, ...).
+
+    Returns:
+      ``(family, interpret)``: ``family`` is ``"gpu"`` (the Triton kernels of
+      ``kernels/elementwise.py`` and ``kernels/scan.py``) or ``"tpu"`` (the Mosaic kernels
+      of ``kernels/tpu_elementwise.py`` and ``kernels/tpu_scan.py``); ``interpret`` says
+      whether they run in interpret mode (on any platform) instead of compiled.
+
+    Raises:
+      BackendUnavailableError: ``"pallas"`` lowered for a platform with neither.
+
+    Example:
+      >>> from spikefuse.kernels import dispatch
+      >>> dispatch.kernel_target("pallas", "tpu"), dispatch.kernel_target("pallas", "cuda")
+      (('tpu', False), ('gpu', False))
+      >>> dispatch.kernel_target("interpret_tpu", "cpu")
+      ('tpu', True)
+    """
+    if backend == "interpret":
+        return "gpu", True
+    if backend == "interpret_tpu":
+        return "tpu", True
+    if backend != "pallas":
+        raise ValueError(f"backend must be 'pallas', 'interpret' or 'interpret_tpu', got "
+                         f"{backend!r}")
+    if platform == "tpu":
+        return "tpu", False
+    if platform in ("cuda", "rocm", "gpu"):
+        return "gpu", False
+    _refuse(platform)
+    raise AssertionError("unreachable")
+
+
+def _refuse(platform, *_):
     raise BackendUnavailableError(
-        f"spikefuse backend 'pallas' runs Triton GPU kernels and cannot compile for {platform}. "
-        "Use backend='interpret' (the same kernels, interpreted) or 'reference', or 'auto' to "
-        "pick per platform."
+        f"spikefuse backend 'pallas' compiles Pallas kernels for GPU (Triton) or TPU "
+        f"(Mosaic) and cannot compile for {platform}. Use backend='interpret' or "
+        "'interpret_tpu' (the GPU or TPU kernels, interpreted) or 'reference', or 'auto' "
+        "to pick per platform."
     )
 
 
-for _platform in ("cpu", "tpu"):
-    mlir.register_lowering(_gpu_only_p, functools.partial(_refuse, _platform), platform=_platform)
+# An identity that refuses to compile for CPU. Every "pallas" path passes its main input
+# through it, so compiling such a path for a platform without Pallas kernels raises a clear
+# error before any kernel is lowered, while lowering for cuda or tpu (jax.export on a
+# CPU-only machine included) goes through untouched; there the primitives' own
+# platform-specific lowering rules pick the Triton or the Mosaic kernels.
+_guard_p = Primitive("spikefuse_accelerator_only")
+_guard_p.def_abstract_eval(lambda x: x)
+_guard_jit = jax.jit(_guard_p.bind)
+_guard_p.def_impl(lambda x: _guard_jit(x))  # eager calls compile too, so they check
+ad.primitive_jvps[_guard_p] = lambda primals, tangents: (_guard_p.bind(*primals), tangents[0])
+batching.primitive_batchers[_guard_p] = lambda args, dims: (_guard_p.bind(*args), dims[0])
+mlir.register_lowering(_guard_p, mlir.lower_fun(lambda x: x, multiple_results=False))
+mlir.register_lowering(_guard_p, functools.partial(_refuse, "cpu"), platform="cpu")
 
 
-def gpu_only(x):
-    """``x`` unchanged, but compiling the computation for CPU or TPU raises
-    ``BackendUnavailableError`` (lowering for cuda is unaffected)."""
-    return _gpu_only_p.bind(x)
+def accelerator_only(x):
+    """``x`` unchanged, but compiling the computation for CPU raises
+    ``BackendUnavailableError`` (lowering for cuda or tpu is unaffected)."""
+    return _guard_p.bind(x)

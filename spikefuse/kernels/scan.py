@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -79,8 +80,8 @@ from jax.experimental.pallas import triton as plt
 from spikefuse.kernels._compat import silence_triton_deprecation
 from spikefuse.kernels.sharding import check_interpret, match_varying, out_struct
 
-__all__ = ["ScanConfig", "check_size", "default_config", "num_checkpoints",
-           "residual_bytes_per_step", "scan_backward", "scan_forward"]
+__all__ = ["ScanConfig", "cells", "check_size", "default_config", "num_checkpoints",
+           "residual_bytes_per_step", "scan_backward", "scan_forward", "step_vjp"]
 
 _INDEX_LIMIT = 2**31
 # Programs wanted in flight: a few per SM on a 132-SM H100/H200, so that whole SMs do not
@@ -156,6 +157,12 @@ def default_config(T: int, N: int, dtype) -> ScanConfig:
     prefetch = pl.cdiv(N, block) < _TARGET_PROGRAMS and T >= 2 * chunk
     return ScanConfig(block=block, chunk=chunk, num_warps=max(1, block // (32 * per_thread)),
                       num_stages=1, prefetch=prefetch)
+
+
+def cells(shape: Sequence[int]) -> tuple[int]:
+    """The layout of a neuron shape in these kernels: flat, ``(N,)`` (``[T, N]`` per step).
+    (The TPU kernels' `tpu_scan.cells` keeps a 2-D ``(M, D)`` instead.)"""
+    return (math.prod(shape),)
 
 
 def num_checkpoints(T: int, chunk: int) -> int:
@@ -434,6 +441,28 @@ def scan_backward(step: Callable, xs: Sequence, init: Sequence, cks: Sequence,
     return dxs, dinit, dparams
 
 
+def step_vjp(step: Callable, state: tuple, xs: tuple, params: tuple, wx: Sequence[int],
+             wp: Sequence[int], d_outs: tuple, d_state: tuple):
+    """One step of BPTT, the body of the backward kernels (these and `tpu_scan`'s).
+
+    Returns ``(d_state_before, d_xs, d_params)``: the cotangents of the step's ``state``, of
+    the inputs ``xs[i]`` for i in ``wx`` and of the parameters ``params[i]`` for i in
+    ``wp``, given ``d_outs`` and ``d_state`` (those of its per-step outputs and new state).
+    ``jax.vjp`` of the step itself, so g' is recomputed from the values at hand.
+    """
+    def f(state, xw, pw):
+        xf, pf = list(xs), list(params)
+        for i, v in zip(wx, xw):
+            xf[i] = v
+        for i, v in zip(wp, pw):
+            pf[i] = v
+        outs, new = step(state, tuple(xf), tuple(pf))
+        return tuple(outs), tuple(new)
+
+    _, pullback = jax.vjp(f, state, tuple(xs[i] for i in wx), tuple(params[i] for i in wp))
+    return pullback((d_outs, d_state))
+
+
 def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n_ck,
                      has_dout, has_dfin, want_x, want_init, want_params, prefetch):
     m = len(init_kinds)
@@ -474,17 +503,7 @@ def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n
         return start, xs, dos
 
     def vjp_step(state, x, d_out, d_state):
-        def f(state, xw, pw):
-            xf, pf = list(x), list(params)
-            for i, v in zip(wx, xw):
-                xf[i] = v
-            for i, v in zip(wp, pw):
-                pf[i] = v
-            outs, new = step(state, tuple(xf), tuple(pf))
-            return tuple(outs), tuple(new)
-
-        _, pullback = jax.vjp(f, state, tuple(x[i] for i in wx), tuple(params[i] for i in wp))
-        return pullback((d_out, d_state))
+        return step_vjp(step, state, x, params, wx, wp, d_out, d_state)
 
     def reverse_chunk(t0, steps, chunk, d_state, acc):
         start, xs, dos = chunk

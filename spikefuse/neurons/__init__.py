@@ -5,11 +5,13 @@
 * Built-ins on that engine: ``IF`` / ``LIF`` / ``PLIF`` / ``ALIF`` (pytree classes) and
   ``integrate_fire`` / ``lif`` / ``plif`` / ``alif`` (functionals).
 
-The ``"reference"`` backend is a ``lax.scan`` of the step; ``"pallas"`` / ``"interpret"``
-run the fused forward and BPTT scan kernels.
+The ``"reference"`` backend is a ``lax.scan`` of the step; ``"pallas"`` / ``"interpret"`` /
+``"interpret_tpu"`` run the fused forward and BPTT scan kernels (``ScanConfig`` configures
+the GPU ones, ``TpuScanConfig`` the TPU ones).
 """
 
 from spikefuse.kernels.scan import ScanConfig as ScanConfig
+from spikefuse.kernels.tpu_scan import TpuScanConfig as TpuScanConfig
 from spikefuse.neurons.builtin import ALIF as ALIF
 from spikefuse.neurons.builtin import IF as IF
 from spikefuse.neurons.builtin import LIF as LIF
@@ -20,5 +22,5 @@ from spikefuse.neurons.builtin import lif as lif
 from spikefuse.neurons.builtin import plif as plif
 from spikefuse.neurons.engine import multistep as multistep
 
-__all__ = ["ALIF", "IF", "LIF", "PLIF", "ScanConfig", "alif", "integrate_fire", "lif",
-           "multistep", "plif"]
+__all__ = ["ALIF", "IF", "LIF", "PLIF", "ScanConfig", "TpuScanConfig", "alif",
+           "integrate_fire", "lif", "multistep", "plif"]

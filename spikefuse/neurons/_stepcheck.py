@@ -11,10 +11,12 @@ refused with the step's name, on every backend, rather than computing something 
 per backend. Closed-over traced values or arrays (rather than ``params``) are refused too:
 the kernels see one block of neurons, not a whole array.
 
-`check_lowerable` asks the Pallas lowering of the target (Triton on GPU) whether it has a
-rule for every primitive of the kernel bodies (the step and its derivative), so an
-operation the GPU kernel cannot compile (``lax.erf``, a ``custom_vjp``) is refused while
-tracing, naming the operation, instead of failing deep inside the kernel compiler.
+`check_lowerable` asks the Pallas lowering of the target (Triton on GPU, Mosaic on TPU)
+whether it has a rule for every primitive of the kernel bodies (the step and its
+derivative), so an operation the kernel cannot compile (``lax.erf`` or a ``custom_vjp`` on
+GPU, ``expm1`` or ``atan`` on TPU) is refused, naming the operation, instead of failing deep
+inside the kernel compiler. ``"pallas"`` runs it while lowering, for the platform lowered
+for.
 """
 
 from __future__ import annotations
@@ -137,6 +139,13 @@ def _lowering_rules(platform: str):
         from jax._src.pallas.triton import lowering
 
         return lowering.triton_lowering_rules, "the Pallas GPU (Triton) kernel"
+    if platform == "tpu":
+        from jax._src.pallas.mosaic import lowering as mosaic
+        from jax.experimental.pallas import tpu as pltpu
+
+        # Mosaic keeps one table per core type; the kernels run on the TensorCore.
+        return (mosaic.lowering_rules[pltpu.CoreType.TC],
+                "the Pallas TPU (Mosaic) kernel")
     raise ValueError(f"no kernel lowering for platform {platform!r}")
 
 
@@ -153,7 +162,8 @@ def _first_unlowerable(jaxpr, rules) -> str | None:
 
 def check_lowerable(bodies, *, platform: str, name: str, what: str, backend: str) -> None:
     """Raises ValueError if a kernel body uses a primitive ``platform``'s Pallas lowering
-    has no rule for. ``bodies``: ``(description, fn, args)`` triples, traced here."""
+    (``"gpu"``: Triton, ``"tpu"``: Mosaic) has no rule for. ``bodies``: ``(description,
+    fn, args)`` triples, traced here."""
     rules, kernel = _lowering_rules(platform)
     for where, fn, args in bodies:
         bad = _first_unlowerable(jax.make_jaxpr(fn)(*args).jaxpr, rules)

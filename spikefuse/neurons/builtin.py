@@ -2,7 +2,8 @@
 
 Classes (pytrees: numeric parameters are leaves, options static) and functionals run a
 neuron over ``x_seq`` ``[T, *shape]`` through `engine.run` with a step from ``dynamics.py``:
-the ``"reference"`` backend is a ``lax.scan`` of the step, ``"pallas"`` / ``"interpret"``
+the ``"reference"`` backend is a ``lax.scan`` of the step, ``"pallas"`` / ``"interpret"`` /
+``"interpret_tpu"``
 the fused scan kernels. Parameters that enter the step as a function of themselves
 (1/τ, PLIF's sigmoid(w), ALIF's ρ = exp(−1/τ_a)) are computed once, outside the loop.
 """
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spikefuse._checks import real_array
-from spikefuse.kernels import scan
+from spikefuse.kernels import scan, tpu_scan
 from spikefuse.neurons import dynamics, engine
 from spikefuse.surrogate import Sigmoid, Surrogate
 from spikefuse.surrogate._base import check_surrogate
@@ -78,7 +79,7 @@ def _inv_tau(params: dict) -> dict:  # 1/τ, once, outside every loop
 def integrate_fire(x_seq, v0=None, *, v_threshold=1.0, v_reset=0.0, detach_reset=False,
                    surrogate: Surrogate | None = None, backend: str | None = None,
                    return_v_seq: bool = False, unroll: int | None = None,
-                   config: scan.ScanConfig | None = None):
+                   config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None):
     r"""Multi-step integrate-and-fire neuron over a whole sequence.
 
     For each step t (per neuron): :math:`h_t = v_{t-1} + x_t`,
@@ -94,12 +95,13 @@ def integrate_fire(x_seq, v0=None, *, v_threshold=1.0, v_reset=0.0, detach_reset
       v_reset: reset potential (hard reset), or None for a soft reset.
       detach_reset: the spike used in the reset carries no gradient.
       surrogate: any ``spikefuse.surrogate.Surrogate``; default ``Sigmoid()``.
-      backend: ``None`` (configured default), ``"auto"``, ``"reference"``, ``"pallas"`` or
-        ``"interpret"``.
+      backend: ``None`` (configured default), ``"auto"``, ``"reference"``, ``"pallas"``,
+        ``"interpret"`` or ``"interpret_tpu"``.
       return_v_seq: also return the membrane after each step.
       unroll: reference backend only: ``lax.scan`` steps per iteration (default
         ``reference.default_unroll(T)``).
-      config: fused backends only: a ``kernels.scan.ScanConfig`` (default: its heuristic).
+      config: fused backends only: a ``kernels.scan.ScanConfig`` (GPU kernels) or a
+        ``kernels.tpu_scan.TpuScanConfig`` (TPU kernels); default: their heuristics.
 
     Returns:
       ``(spikes, v_final)`` or ``(spikes, v_final, v_seq)``: spikes and ``v_seq`` of
@@ -129,7 +131,7 @@ def integrate_fire(x_seq, v0=None, *, v_threshold=1.0, v_reset=0.0, detach_reset
 def lif(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
         detach_reset=False, surrogate: Surrogate | None = None, backend: str | None = None,
         return_v_seq: bool = False, unroll: int | None = None,
-        config: scan.ScanConfig | None = None):
+        config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None):
     r"""Multi-step leaky integrate-and-fire neuron over a whole sequence.
 
     Charge with time constant τ (:math:`v_r` = ``v_reset``, 0 for a soft reset):
@@ -168,7 +170,7 @@ def lif(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=Tr
 def plif(x_seq, v0=None, *, w=0.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
          detach_reset=False, surrogate: Surrogate | None = None, backend: str | None = None,
          return_v_seq: bool = False, unroll: int | None = None,
-         config: scan.ScanConfig | None = None):
+         config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None):
     r"""Multi-step parametric LIF neuron (Fang et al., ICCV 2021): a LIF with 1/τ = sigmoid(w).
 
     Exactly `lif` with :math:`1/\tau = \sigma(w)` (so τ > 1 for every real ``w``), where
@@ -212,7 +214,7 @@ def alif(x_seq, v0=None, a0=None, *, tau=2.0, tau_a=20.0, beta=1.8, v_threshold=
          v_reset=0.0, decay_input=True, detach_reset=False,
          surrogate: Surrogate | None = None, backend: str | None = None,
          return_states: bool = False, unroll: int | None = None,
-         config: scan.ScanConfig | None = None):
+         config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None):
     r"""Multi-step adaptive-threshold LIF neuron (after Bellec et al., NeurIPS 2018).
 
     State :math:`(v, a)`. Per step: :math:`h_t` = the LIF charge of :math:`v_{t-1}` (τ,

@@ -4,8 +4,9 @@
 contract of ``shared/spec/neurons.md``, "Any neuron") and runs it over ``x_seq``:
 
 * ``"reference"``: a ``lax.scan`` of the step, differentiated by JAX (`reference.run_reference`);
-* ``"pallas"`` / ``"interpret"``: one forward and one BPTT Pallas kernel (``fused.py`` over
-  ``kernels/scan.py``), keeping only the state every K steps.
+* ``"pallas"`` / ``"interpret"`` / ``"interpret_tpu"``: one forward and one BPTT Pallas
+  kernel (``fused.py`` over ``kernels/scan.py`` on GPU, ``kernels/tpu_scan.py`` on TPU),
+  keeping only the state every K steps.
 
 Both trace the same flat step (`FlatStep`: the user's step on flat tuples, with ``fire``
 bound to the surrogate), so they compute the same function. Every built-in neuron (IF, LIF,
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spikefuse._checks import check_broadcast, real_array
-from spikefuse.kernels import dispatch, scan, sharding
+from spikefuse.kernels import dispatch, scan, sharding, tpu_scan
 from spikefuse.neurons import _stepcheck, fused
 from spikefuse.neurons.reference import default_unroll, run_reference
 from spikefuse.surrogate import Sigmoid, Surrogate, _spike, grad_fn
@@ -234,34 +235,43 @@ def _check_traced(flat: FlatStep, name: str, x_avals, state_avals, param_avals):
                          f"{tuple(s.shape)}, but the neuron shape is {tuple(shape)}")
 
 
-@functools.lru_cache(maxsize=512)
-def _check_kernel_bodies(flat: FlatStep, name: str, backend: str, n_x: int, m: int,
-                         n_p: int, cdt):
-    """``backend='pallas'``: every primitive of the kernel bodies has a GPU lowering."""
-    row = jax.ShapeDtypeStruct((128,), cdt)
-    state, xs, params = (row,) * m, (row,) * n_x, (row,) * n_p
-
-    def backward(state, xs, params):
-        out, pullback = jax.vjp(flat, state, xs, params)
-        return pullback(out)
-
-    _stepcheck.check_lowerable(
-        [("in the step", flat, (state, xs, params)),
-         ("in its derivative, the backward kernel", backward, (state, xs, params))],
-        platform="gpu", name=name, what=_WHAT, backend=backend)
+def _kernel_configs(backend: str, config, T: int, N: int, dtype):
+    """``(GPU config, TPU config)`` for the kernel families ``backend`` may lower to (None
+    for one it cannot): ``"interpret"`` the GPU kernels, ``"interpret_tpu"`` the TPU ones,
+    ``"pallas"`` both (the platform decides while lowering), with one chunk K, the
+    caller's if given, so the checkpoints are the same whichever runs."""
+    gpu = config if isinstance(config, scan.ScanConfig) else None
+    tpu = config if isinstance(config, tpu_scan.TpuScanConfig) else None
+    if backend == "interpret" and tpu is not None:
+        raise TypeError("config: backend='interpret' runs the GPU kernels and needs a "
+                        "spikefuse.kernels.scan.ScanConfig, got a tpu_scan.TpuScanConfig")
+    if backend == "interpret_tpu" and gpu is not None:
+        raise TypeError("config: backend='interpret_tpu' runs the TPU kernels and needs a "
+                        "spikefuse.kernels.tpu_scan.TpuScanConfig, got a scan.ScanConfig")
+    if backend != "interpret_tpu" and gpu is None:
+        gpu = scan.default_config(T, N, dtype)
+        if tpu is not None:
+            gpu = dataclasses.replace(gpu, chunk=tpu.chunk)
+    if backend != "interpret" and tpu is None:
+        tpu = (tpu_scan.default_config(T, N, dtype) if gpu is None
+               else tpu_scan.TpuScanConfig(chunk=gpu.chunk))
+    return gpu, tpu
 
 
 # -- backends -----------------------------------------------------------------------------
 def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
         backend: str | None = None, return_states: bool = False, unroll: int | None = None,
-        config: scan.ScanConfig | None = None, derive: Callable | None = None,
-        init_names: tuple[str, ...] | None = None):
+        config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None,
+        derive: Callable | None = None, init_names: tuple[str, ...] | None = None):
     """`multistep` with the knobs of the built-in neurons.
 
     Args:
       unroll: reference backend: ``lax.scan`` steps per iteration (default
         `reference.default_unroll`).
-      config: fused backends: a ``kernels.scan.ScanConfig`` (default `scan.default_config`).
+      config: fused backends: a ``kernels.scan.ScanConfig`` for the GPU kernels
+        (``"pallas"`` on a GPU, ``"interpret"``) or a ``kernels.tpu_scan.TpuScanConfig`` for
+        the TPU kernels (``"pallas"`` on a TPU, ``"interpret_tpu"``); ``"pallas"`` derives
+        the other family's from its chunk K. Default: each family's `default_config`.
       derive: maps the validated ``params`` (leaves in the compute dtype) to the step's
         parameters, computed once outside the time loop and differentiated by JAX (e.g.
         ``1/tau``): errors name the caller's parameters, the step sees the derived ones.
@@ -294,8 +304,9 @@ def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
     if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, int)
                                or unroll < 1):
         raise ValueError(f"unroll must be a positive int, got {unroll!r}")
-    if config is not None and not isinstance(config, scan.ScanConfig):
-        raise TypeError(f"config must be a spikefuse.kernels.scan.ScanConfig, got "
+    if config is not None and not isinstance(config, (scan.ScanConfig, tpu_scan.TpuScanConfig)):
+        raise TypeError(f"config must be a spikefuse.kernels.scan.ScanConfig (GPU kernels) "
+                        f"or a spikefuse.kernels.tpu_scan.TpuScanConfig (TPU kernels), got "
                         f"{type(config).__name__}")
     flat = FlatStep(step, state_def, x_def, param_def, len(user_params), gfn,
                     bool(return_states))
@@ -310,16 +321,16 @@ def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
         outs, finals = run_reference(dataclasses.replace(flat, reference=True), unroll,
                                      out_dtype, tuple(xs), tuple(init), all_params)
     else:
-        if config is None:
-            config = scan.default_config(T, N, out_dtype)
-        scan.check_size(T, N, config)
+        gpu_config, tpu_config = _kernel_configs(resolved, config, T, N, out_dtype)
+        if gpu_config is not None:
+            scan.check_size(T, N, gpu_config)
+        if tpu_config is not None:
+            tpu_scan.check_size(T, N, tpu_config)
         if resolved == "pallas":
-            _check_kernel_bodies(flat, name, resolved, len(xs), len(init), len(all_params),
-                                 cdt)
-            xs[0] = dispatch.gpu_only(xs[0])  # compiling for CPU/TPU raises, no fallback
+            xs[0] = dispatch.accelerator_only(xs[0])  # compiling for CPU raises, no fallback
         spec = fused.Spec("fwd", flat, len(xs), len(init), len(all_params),
-                          1 + len(init) * bool(return_states), jnp.dtype(out_dtype), config,
-                          resolved == "interpret")
+                          1 + len(init) * bool(return_states), jnp.dtype(out_dtype),
+                          resolved, gpu_config, tpu_config, name)
         outs, finals = fused.forward(spec, tuple(xs), tuple(init), all_params)
     final_state = jax.tree.unflatten(state_def, finals)
     if return_states:
@@ -332,10 +343,10 @@ def multistep(step, x_seq, init, params=None, *, surrogate: Surrogate | None = N
     r"""Runs any neuron, written as one elementwise jnp step, over a whole sequence.
 
     For t = 1 … T: ``s_t, state = step(state, x_t, params, fire)``, starting from ``init``.
-    On ``"pallas"`` (GPU) and ``"interpret"`` the loop is one forward Pallas kernel and one
-    BPTT kernel that differentiates ``step`` with ``jax.vjp`` inside the kernel, keeping
-    only the state every K steps; on ``"reference"`` it is a ``lax.scan``. Both run the same
-    step, so they compute the same spikes and gradients.
+    On ``"pallas"`` (GPU, TPU) and the interpret backends the loop is one forward Pallas
+    kernel and one BPTT kernel that differentiates ``step`` with ``jax.vjp`` inside the
+    kernel, keeping only the state every K steps; on ``"reference"`` it is a ``lax.scan``.
+    Both run the same step, so they compute the same spikes and gradients.
 
     The step, ``step(state, x_t, params, fire) -> (s_t, new_state)``:
 
@@ -363,8 +374,8 @@ def multistep(step, x_seq, init, params=None, *, surrogate: Surrogate | None = N
         per-neuron, per-channel ``(C, 1, 1)``, …), or None.
       surrogate: any ``spikefuse.surrogate.Surrogate`` (built-in or subclass; its parameters
         may be traced); default ``Sigmoid()``.
-      backend: ``None`` (configured default), ``"auto"``, ``"reference"``, ``"pallas"`` or
-        ``"interpret"``.
+      backend: ``None`` (configured default), ``"auto"``, ``"reference"``, ``"pallas"``,
+        ``"interpret"`` or ``"interpret_tpu"``.
       return_states: also return the state after every step.
 
     Returns:
@@ -382,8 +393,9 @@ def multistep(step, x_seq, init, params=None, *, surrogate: Surrogate | None = N
     Raises:
       ValueError: before any kernel runs, naming the step, for a step that is not
         elementwise over neurons, that returns a state unlike ``init`` or a spike not of
-        the neuron shape, or (``backend="pallas"``) that uses an operation the GPU kernel
-        cannot lower (``backend="reference"`` runs it); and for arguments of wrong shapes.
+        the neuron shape, or (``backend="pallas"``, while compiling) that uses an operation
+        the kernel of that platform cannot lower (say ``lax.erf`` on GPU, ``expm1`` on
+        TPU; ``backend="reference"`` runs it); and for arguments of wrong shapes.
       TypeError: for a step that is not a hashable callable, a non-float state and
         arguments of wrong types.
 

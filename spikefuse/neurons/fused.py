@@ -14,12 +14,21 @@ kernel — never the tangent kernel. Symbolic zeros tell each rule what is pertu
 cotangents exist, so only the gradients asked for are computed. Second-order derivatives
 through a fused neuron raise (use the reference backend).
 
+Kernels: for ``"pallas"`` those of the platform the primitives are lowered for — the Triton
+kernels (``kernels/scan.py``) for a GPU, the Mosaic kernels (``kernels/tpu_scan.py``) for a
+TPU, one lowering rule per platform — and for ``"interpret"`` / ``"interpret_tpu"`` the GPU /
+TPU kernels interpreted (``dispatch.kernel_target``). Both families have one call signature;
+a `Spec` carries a configuration for each family it may lower to, with one chunk K, so the
+checkpoints (part of the primitives' output types) do not depend on the platform.
+
 Layout: operands are the user's arrays, ``[T, *shape]`` per step (time-major, "lead 1") or
-broadcastable to ``shape`` per neuron ("lead 0"); each kernel call flattens them to
-``[T, N]`` / ``[N]`` or ``[1]`` on its own shard (`_local`). ``vmap`` adds the batch axis to
-the neuron dims (the step is elementwise, so that is exact). Sharded inputs run per shard
-(``kernels.sharding``): on Explicit mesh axes a bind is wrapped in a ``shard_map``; on Auto
-axes a twin primitive lowers the kernel through ``custom_partitioning``.
+broadcastable to ``shape`` per neuron ("lead 0"); each kernel call reshapes them to the
+kernels' cells on its own shard (`_local`): ``[T, N]`` / ``[N]`` or ``[1]`` for the GPU
+kernels, ``[T, M, D]`` / ``[M, D]`` or ``[1, 1]`` for the TPU ones (``cells`` of each).
+``vmap`` adds the batch axis to the neuron dims (the step is elementwise, so that is
+exact). Sharded inputs run per shard (``kernels.sharding``): on Explicit mesh axes a bind is
+wrapped in a ``shard_map``; on Auto axes a twin primitive lowers the kernel through
+``custom_partitioning``.
 """
 
 from __future__ import annotations
@@ -36,8 +45,9 @@ from jax._src.dispatch import prim_requires_devices_during_lowering as _dispatch
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from spikefuse.kernels import scan, sharding
+from spikefuse.kernels import dispatch, scan, sharding, tpu_scan
 from spikefuse.kernels._compat import silence_triton_deprecation
+from spikefuse.neurons import _stepcheck
 
 __all__ = ["JvpStep", "Spec", "forward"]
 
@@ -52,8 +62,10 @@ class Spec:
       n_x, n_state, n_params, n_out: numbers of inputs, state leaves, parameters (the
         surrogate's included) and per-step outputs.
       out_dtype: dtype of the per-step outputs and final states.
-      config: the kernels' launch configuration.
-      interpret: run the kernels in Pallas interpret mode.
+      backend: ``"pallas"``, ``"interpret"`` or ``"interpret_tpu"``.
+      config: the GPU kernels' launch configuration (None when they cannot run).
+      tpu_config: the TPU kernels' (None when they cannot run); with the same chunk K.
+      name: the step's name, for error messages.
       save_ck: fwd: also return the checkpoints.
       tx, tinit, tparams: tan: which inputs, initial states and parameters are perturbed
         (their tangents are operands, in that order).
@@ -68,8 +80,10 @@ class Spec:
     n_params: int
     n_out: int
     out_dtype: np.dtype
-    config: scan.ScanConfig
-    interpret: bool
+    backend: str
+    config: scan.ScanConfig | None
+    tpu_config: tpu_scan.TpuScanConfig | None
+    name: str = "step"
     save_ck: bool = False
     tx: tuple = ()
     tinit: tuple = ()
@@ -80,9 +94,20 @@ class Spec:
     want_init: tuple = ()
     want_params: tuple = ()
 
+    def __post_init__(self):
+        chunks = {c.chunk for c in (self.config, self.tpu_config) if c is not None}
+        if len(chunks) != 1:
+            raise ValueError(f"a Spec needs a kernel configuration, and one chunk K for "
+                             f"both kernel families; got {self.config}, {self.tpu_config}")
+
+    @property
+    def chunk(self) -> int:
+        """K, the checkpoint interval of both kernel families."""
+        return (self.config or self.tpu_config).chunk  # type: ignore[union-attr]
+
     def n_ck(self, T: int) -> int:
         """Checkpoint arrays of a backward at T steps (none when T <= K)."""
-        return self.n_state if scan.num_checkpoints(T, self.config.chunk) else 0
+        return self.n_state if scan.num_checkpoints(T, self.chunk) else 0
 
     def leads(self, T: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Per operand and per result: 1 for ``[rows, *shape]``, 0 for per-neuron."""
@@ -131,29 +156,37 @@ class JvpStep:
 
 
 # -- one kernel call on local arrays ------------------------------------------------------
-def _flat(p, shape):  # [1] for one value shared by all neurons, [N] per neuron
-    return p.reshape(1) if p.size == 1 else jnp.broadcast_to(p, shape).reshape(-1)
+def _vec(p, shape, cells):  # one value shared by all neurons, or one per neuron
+    if p.size == 1:
+        return p.reshape((1,) * len(cells))
+    return jnp.broadcast_to(p, shape).reshape(cells)
 
 
-def _rows(a, shape):  # [rows, *shape] -> [rows, N]
-    return jnp.broadcast_to(a, a.shape[:1] + shape).reshape(a.shape[0], -1)
+def _rows(a, shape, cells):  # [rows, *shape] -> [rows, *cells]
+    return jnp.broadcast_to(a, a.shape[:1] + shape).reshape(a.shape[0], *cells)
 
 
-def _local(*args, spec: Spec):
-    """The kernel call of ``spec`` on arrays of one device (see the module docstring)."""
+def _local(*args, spec: Spec, family: str, interpret: bool):
+    """The kernel call of ``spec`` on arrays of one device (see the module docstring), with
+    the ``family`` ("gpu" or "tpu") of kernels."""
+    kernels: Any = tpu_scan if family == "tpu" else scan
+    config = spec.tpu_config if family == "tpu" else spec.config
+    if config is None:  # engine.run gives every family a backend can lower to a config
+        raise ValueError(f"no {family} kernel configuration for backend {spec.backend!r}")
     T, shape = args[0].shape[0], tuple(args[0].shape[1:])
+    cells = kernels.cells(shape)
     it = iter(args)
 
     def take(n, lead):
-        return [(_rows(a, shape) if lead else _flat(a, shape)) for a in (next(it) for _ in
-                                                                           range(n))]
+        return [(_rows(a, shape, cells) if lead else _vec(a, shape, cells))
+                for a in (next(it) for _ in range(n))]
 
     m, cdt = spec.n_state, jnp.promote_types(spec.out_dtype, jnp.float32)
     n_ck = spec.n_ck(T)
-    kw: dict[str, Any] = dict(config=spec.config, interpret=spec.interpret)
+    kw: dict[str, Any] = dict(config=config, interpret=interpret)
     if spec.kind == "fwd":
         xs, init, params = take(spec.n_x, 1), take(m, 0), take(spec.n_params, 0)
-        outs, fins, cks = scan.scan_forward(
+        outs, fins, cks = kernels.scan_forward(
             spec.step, xs, init, params, out_dtypes=(spec.out_dtype,) * spec.n_out,
             final_dtypes=(spec.out_dtype,) * m, save_checkpoints=spec.save_ck, **kw)
         res = [(o, 1) for o in outs] + [(f, 0) for f in fins] + [(c, 1) for c in cks]
@@ -162,9 +195,9 @@ def _local(*args, spec: Spec):
         take(n_ck, 1)  # the checkpoints are for the transpose (the backward kernel)
         txs, tinit, tparams = take(sum(spec.tx), 1), iter(take(sum(spec.tinit), 0)), \
             take(sum(spec.tparams), 0)
-        tinit = [next(tinit) if t else jnp.zeros((1,), cdt) for t in spec.tinit]
+        tinit = [next(tinit) if t else jnp.zeros((1,) * len(cells), cdt) for t in spec.tinit]
         step = JvpStep(spec.step, m, spec.tx, spec.tparams)
-        outs, fins, _ = scan.scan_forward(
+        outs, fins, _ = kernels.scan_forward(
             step, xs + txs, init + tinit, params + tparams,
             out_dtypes=(spec.out_dtype,) * spec.n_out, final_dtypes=(spec.out_dtype,) * 2 * m,
             save_checkpoints=False, **kw)
@@ -174,7 +207,7 @@ def _local(*args, spec: Spec):
         params = take(spec.n_params, 0)
         d_outs = iter(take(sum(spec.d_outs), 1))
         d_fins = iter(take(sum(spec.d_finals), 0))
-        dxs, dinit, dparams = scan.scan_backward(
+        dxs, dinit, dparams = kernels.scan_backward(
             spec.step, xs, init, cks, params,
             [next(d_outs) if d else None for d in spec.d_outs],
             [next(d_fins) if d else None for d in spec.d_finals],
@@ -185,12 +218,32 @@ def _local(*args, spec: Spec):
                  for g, lead in res)
 
 
+@functools.lru_cache(maxsize=256)
+def _check_lowerable(spec: Spec, family: str) -> None:
+    """``"pallas"``: every primitive of the kernel bodies (the step and its derivative) has
+    a lowering rule in ``family``'s Pallas lowering, else a ValueError naming the step and
+    the operation, raised while lowering, before any kernel is built."""
+    cdt = jnp.promote_types(spec.out_dtype, jnp.float32)
+    row = jax.ShapeDtypeStruct((8, 128), cdt)
+    state, xs, params = (row,) * spec.n_state, (row,) * spec.n_x, (row,) * spec.n_params
+
+    def backward(state, xs, params):
+        out, pullback = jax.vjp(spec.step, state, xs, params)
+        return pullback(out)
+
+    _stepcheck.check_lowerable(
+        [("in the step", spec.step, (state, xs, params)),
+         ("in its derivative, the backward kernel", backward, (state, xs, params))],
+        platform=family, name=spec.name, what="spikefuse.neurons.multistep",
+        backend=spec.backend)
+
+
 # -- primitives ---------------------------------------------------------------------------
 def _abstract_eval(*avals, spec: Spec):
     x = avals[0]
     T, shape = x.shape[0], x.shape[1:]
     cdt = jnp.promote_types(spec.out_dtype, jnp.float32)
-    n_ck = scan.num_checkpoints(T, spec.config.chunk)
+    n_ck = scan.num_checkpoints(T, spec.chunk)
 
     def like(lead_shape, dtype):  # x's sharding and varying axes, another shape
         return x.update(shape=lead_shape + shape, dtype=jnp.dtype(dtype), weak_type=False)
@@ -214,8 +267,13 @@ class _Prims:
             prim.multiple_results = True
             prim.def_abstract_eval(_abstract_eval)
             prim.def_impl(functools.partial(_eager, prim))
-            mlir.register_lowering(prim, silence_triton_deprecation()(mlir.lower_fun(
-                functools.partial(_lower, partition=partition), multiple_results=True)))
+            # One rule per platform: "pallas" lowers to the Triton kernels for a GPU and to
+            # the Mosaic kernels for a TPU (the default rule covers every other platform).
+            for platform in dispatch.LOWERING_PLATFORMS:
+                mlir.register_lowering(prim, silence_triton_deprecation()(mlir.lower_fun(
+                    functools.partial(_lower, partition=partition,
+                                      platform=platform or "cpu"),
+                    multiple_results=True)), platform=platform)
             batching.primitive_batchers[prim] = _batch
         ad.primitive_jvps[self.by_kind["fwd"]] = _fwd_jvp
         ad.primitive_jvps[self.by_kind["tan"]] = _no_second_order
@@ -234,8 +292,11 @@ def _eager(prim, *args, spec):
     return _jitted(prim, spec)(*args)
 
 
-def _lower(*args, spec, partition):
-    fn: Callable = functools.partial(_local, spec=spec)
+def _lower(*args, spec, partition, platform):
+    family, interpret = dispatch.kernel_target(spec.backend, platform)
+    if spec.backend == "pallas" and spec.kind == "fwd":  # every fused path has a forward
+        _check_lowerable(spec, family)
+    fn: Callable = functools.partial(_local, spec=spec, family=family, interpret=interpret)
     if partition:
         leads, out_leads = spec.leads(args[0].shape[0])
         fn = sharding.partitioned(fn, leads=leads, out_leads=out_leads)
@@ -293,8 +354,8 @@ def _fwd_jvp(primals, tangents, *, spec: Spec):
 
 def _no_second_order(primals, tangents, *, spec):
     raise NotImplementedError(
-        "second-order derivatives through a fused multi-step neuron (backend 'pallas' or "
-        "'interpret') are not supported; use backend='reference' for them.")
+        "second-order derivatives through a fused multi-step neuron (backend 'pallas', "
+        "'interpret' or 'interpret_tpu') are not supported; use backend='reference' for them.")
 
 
 def _reduce(g, aval):

@@ -12,9 +12,11 @@ computation ct · g′(x − thr); its own JVP — needed only for second order 
 the reference formula, so d²H/dx² = dg′/dx and ∂(dH/dx)/∂α = ∂g′/∂α.
 
 Each primitive lowers to the backend chosen at bind time (``kernels.dispatch``): the jnp
-reference, or the Pallas kernels of ``kernels.elementwise`` (compiled or interpreted). g′ is
-the shape's own ``surrogate_grad``, passed as a static function of ``(x, *params)``; the
-parameters are operands, so a new value never recompiles.
+reference, or Pallas kernels — for ``"pallas"`` those of the platform it is lowered for
+(``kernels.elementwise``, Triton, for a GPU; ``kernels.tpu_elementwise``, Mosaic, for a
+TPU: one lowering rule per platform), for ``"interpret"`` / ``"interpret_tpu"`` the GPU /
+TPU kernels interpreted. g′ is the shape's own ``surrogate_grad``, passed as a static
+function of ``(x, *params)``; the parameters are operands, so a new value never recompiles.
 
 Sharded inputs (``kernels.sharding``): the kernels run per shard. On Explicit mesh axes the
 bind is wrapped in a ``shard_map`` (which jax differentiates and batches like any other);
@@ -60,26 +62,34 @@ def _reference_spike_grad(x, thr, t, *params, grad_fn):
     return (t.astype(cdt) * g).astype(t.dtype)
 
 
-def _spike_impl(x, thr, *params, grad_fn, backend, partition):
+def _kernels(backend, platform):
+    """The elementwise kernel module a kernel backend runs when lowered for ``platform``
+    (Triton on GPU, Mosaic on TPU; see ``dispatch.kernel_target``), and interpret or not."""
+    from spikefuse.kernels import elementwise, tpu_elementwise
+
+    family, interpret = dispatch.kernel_target(backend, platform)
+    return (tpu_elementwise if family == "tpu" else elementwise), interpret
+
+
+def _spike_impl(x, thr, *params, grad_fn, backend, partition, platform):
     del params, grad_fn  # the forward does not depend on the surrogate
     if backend == "reference":
         return _reference_spike(x, thr)
-    from spikefuse.kernels import elementwise
+    module, interpret = _kernels(backend, platform)
 
     def kernel(x, thr):
-        return (elementwise.heaviside(x, thr, interpret=backend == "interpret"),)
+        return (module.heaviside(x, thr, interpret=interpret),)
 
     return _launch(kernel, (x, thr), partition)
 
 
-def _spike_grad_impl(x, thr, t, *params, grad_fn, backend, partition):
+def _spike_grad_impl(x, thr, t, *params, grad_fn, backend, partition, platform):
     if backend == "reference":
         return _reference_spike_grad(x, thr, t, *params, grad_fn=grad_fn)
-    from spikefuse.kernels import elementwise
+    module, interpret = _kernels(backend, platform)
 
     def kernel(x, thr, t, *params):
-        return (elementwise.grad_mul(x, thr, t, params, grad_fn,
-                                     interpret=backend == "interpret"),)
+        return (module.grad_mul(x, thr, t, params, grad_fn, interpret=interpret),)
 
     return _launch(kernel, (x, thr, t, *params), partition)
 
@@ -112,9 +122,13 @@ def _define(suffix: str, partition: bool) -> _Ops:
         # Eager calls go through jit, so they take the same lowering (and the same clear
         # error for a backend that cannot run here) as traced ones.
         prim.def_impl(lambda *args, grad_fn, backend, _p=prim: jitted(_p, grad_fn, backend)(*args))
-        lowering = mlir.lower_fun(functools.partial(impl, partition=partition),
-                                  multiple_results=False)
-        mlir.register_lowering(prim, silence_triton_deprecation()(lowering))
+        # One rule per platform: "pallas" lowers to the Triton kernels for a GPU and to the
+        # Mosaic kernels for a TPU (the default rule covers every other platform).
+        for platform in dispatch.LOWERING_PLATFORMS:
+            lowering = mlir.lower_fun(functools.partial(
+                impl, partition=partition, platform=platform or "cpu"), multiple_results=False)
+            mlir.register_lowering(prim, silence_triton_deprecation()(lowering),
+                                   platform=platform)
     # x's shape, sharding and varying axes (operands agree on those, see _bind).
     ops.spike.def_abstract_eval(lambda x, thr, *params, **_: x.update(weak_type=False))
     ops.grad.def_abstract_eval(
@@ -246,7 +260,7 @@ def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None
         check_broadcast(p.shape, x.shape, f"{type(surrogate).__name__}.{name}")
     resolved = dispatch.resolve(backend, op="elementwise")
     if resolved == "pallas":
-        x = dispatch.gpu_only(x)  # compiling for CPU/TPU raises instead of falling back
+        x = dispatch.accelerator_only(x)  # compiling for CPU raises, no fallback
     return _bind_placed("spike", x, thr, *params, grad_fn=fn, backend=resolved)
 
 
@@ -261,7 +275,7 @@ def fire(v, threshold=0.0, surrogate: Surrogate | None = None, *, backend: str |
       threshold: θ, a scalar or an array that broadcasts to ``v``'s shape.
       surrogate: any ``Surrogate`` (built-in or user subclass); default ``Sigmoid()``.
       backend: ``None`` (the configured default), ``"auto"``, ``"reference"``,
-        ``"pallas"`` or ``"interpret"``.
+        ``"pallas"``, ``"interpret"`` or ``"interpret_tpu"``.
 
     Returns:
       Spikes in ``result_type(v, threshold)``, ``v``'s shape. A ``v`` sharded across

@@ -2,7 +2,8 @@
 
 For the elementwise spike (``fire``) and the multi-step neurons (``LIF``/``IF`` and a
 user's two-state step through the engine, ``multistep``), in
-Pallas interpret mode, on 1-D and 2-D meshes with Auto and Explicit axes:
+Pallas interpret mode (the GPU kernels; the TPU kernels in `test_tpu_kernels_per_shard`),
+on 1-D and 2-D meshes with Auto and Explicit axes:
 
 * sharded results equal the unsharded ones (jit on one device): spikes, membranes and
   per-element gradients bit for bit; gradients of shared parameters (summed across
@@ -29,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 import spikefuse
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
-from spikefuse.kernels import scan
+from spikefuse.kernels import scan, tpu_elementwise, tpu_scan
 
 import lowering
 
@@ -107,13 +108,13 @@ ALPHA = jnp.asarray(RNG.uniform(1.0, 4.0, size=(16, 12)), jnp.float32)  # per el
 W = jnp.asarray(RNG.normal(size=X.shape), jnp.float32)
 
 
-def fire_and_grads(x, thr, alpha, w=W):
+def fire_and_grads(x, thr, alpha, w=W, backend=BACKEND):
     surrogate = sg.Sigmoid(alpha=alpha)
 
     def loss(x, thr):
-        return (spikefuse.fire(x, thr, surrogate, backend=BACKEND) * w).sum()
+        return (spikefuse.fire(x, thr, surrogate, backend=backend) * w).sum()
 
-    return spikefuse.fire(x, thr, surrogate, backend=BACKEND), jax.grad(loss, (0, 1))(x, thr)
+    return spikefuse.fire(x, thr, surrogate, backend=backend), jax.grad(loss, (0, 1))(x, thr)
 
 
 @pytest.mark.parametrize("types", AXIS_TYPES)
@@ -198,9 +199,9 @@ TAU = jnp.asarray(RNG.uniform(1.5, 4.0, size=(12,)), jnp.float32)  # per feature
 V0 = jnp.asarray(RNG.normal(size=(16, 12)) * 0.3, jnp.float32)
 
 
-def lif_and_grads(x_seq, tau, v0):
+def lif_and_grads(x_seq, tau, v0, backend=BACKEND, config=CFG):
     def run(x_seq, tau, v0):
-        return sn.lif(x_seq, v0, tau=tau, backend=BACKEND, config=CFG, return_v_seq=True)
+        return sn.lif(x_seq, v0, tau=tau, backend=backend, config=config, return_v_seq=True)
 
     def loss(x_seq, tau, v0):
         s, v_T, v_seq = run(x_seq, tau, v0)
@@ -236,10 +237,10 @@ def two_state_step(state, x, p, fire):
     return s, (h - theta * s, 0.9 * a + 0.1 * s)
 
 
-def engine_and_grads(x_seq, beta, v0):
+def engine_and_grads(x_seq, beta, v0, backend=BACKEND):
     def run(x_seq, beta, v0):
         return sn.multistep(two_state_step, x_seq, (v0, 0.0), {"decay": 0.8, "beta": beta},
-                            backend=BACKEND, return_states=True)
+                            backend=backend, return_states=True)
 
     def loss(x_seq, beta, v0):
         s, (v, a), (v_seq, a_seq) = run(x_seq, beta, v0)
@@ -267,6 +268,67 @@ def test_engine_two_state_per_shard(mesh_name, types, monkeypatch):
                                                                        want_grads))):
         assert_same(g, w, "close")
     assert "all-reduce" in found
+
+
+# The TPU kernels: blocks of (16, 128) and chunks of 3 (each shard is one block here; the
+# blocks themselves are tested in test_tpu_scan.py and test_neurons.py).
+TPU_CFG = tpu_scan.TpuScanConfig(chunk=3, block_rows=16, block_cols=128)
+
+
+@pytest.mark.parametrize("mesh_name, types", [("1d", "explicit"), ("2d", "auto")])
+def test_tpu_kernels_per_shard(mesh_name, types, monkeypatch):
+    """backend="interpret_tpu" (the TPU kernels, interpreted) per shard: fire, LIF and a
+    user's two-state step give the unsharded results, with no gathers in the program."""
+    monkeypatch.setattr(tpu_scan, "default_config", lambda *a: TPU_CFG)  # multistep's
+    # Interpreted, a kernel is plain XLA code that the partitioner could split by itself,
+    # so "no gathers" alone does not show that each kernel runs on its shard: record the
+    # size of the main operand every TPU kernel call is built for.
+    sizes = []
+
+    def spy(real, main):
+        def call(*a, **k):
+            sizes.append(main(a).size)
+            return real(*a, **k)
+        return call
+
+    for mod, name, main in [(tpu_elementwise, "heaviside", lambda a: a[0]),
+                            (tpu_elementwise, "grad_mul", lambda a: a[0]),
+                            (tpu_scan, "scan_forward", lambda a: a[1][0]),
+                            (tpu_scan, "scan_backward", lambda a: a[1][0])]:
+        monkeypatch.setattr(mod, name, spy(getattr(mod, name), main))
+    mesh = make_mesh(mesh_name, types)
+    spec = LAYOUTS[mesh_name]
+
+    def f(x, thr, alpha, x_seq, tau, v0):
+        return (fire_and_grads(x, thr, alpha, backend="interpret_tpu"),
+                lif_and_grads(x_seq, tau, v0, backend="interpret_tpu", config=TPU_CFG),
+                engine_and_grads(x_seq, tau / 2, v0, backend="interpret_tpu"))
+
+    args = (X, THR, ALPHA, XS, TAU, V0)
+    want = jax.jit(f)(*args)
+    sizes.clear()
+    got, found = run_sharded(f, mesh, args, (spec, P(), spec, P(None, *spec), P(), spec))
+    # Kernels built for one device's block: 1/8 of fire's x and of x_seq. (On Auto axes
+    # custom_partitioning also traces them at the global shape, for its jaxpr; what each
+    # device compiles is the call its partition callback builds, on the shard.)
+    shard_sizes = {X.size // 8, XS.size // 8}
+    assert shard_sizes <= set(sizes), sizes
+    if types == "explicit":
+        assert set(sizes) == shard_sizes, sizes
+    (s, (gx, gt)), (lif_out, lif_grads), (eng_out, eng_grads) = got
+    (ws, (wgx, wgt)), (wlif_out, wlif_grads), (weng_out, weng_grads) = want
+    for g, w in zip((s, *lif_out, eng_out[0]), (ws, *wlif_out, weng_out[0])):
+        assert_same(g, w, "exact")  # spikes, v_T, v_seq; the engine's spikes
+    assert_same(gx, wgx, "ulp")
+    assert_same(gt, wgt, "sum")
+    # The neurons' states and gradients to float32 rounding, as in
+    # test_engine_two_state_per_shard (XLA CPU contracts the interpreted kernels'
+    # multiply-adds differently per shard shape: 74 ulp in LIF's dx on jax 0.12, 2x4 Auto).
+    for g, w in zip(jax.tree.leaves((lif_grads, eng_out[1:], eng_grads)),
+                    jax.tree.leaves((wlif_grads, weng_out[1:], weng_grads))):
+        assert_same(g, w, "close")
+    assert "all-reduce" in found  # the gradients of the shared threshold, tau and beta
+    assert spec_of(s) == spec_of(jax.device_put(X, NamedSharding(mesh, spec)))
 
 
 @pytest.mark.parametrize("types", AXIS_TYPES)
@@ -418,22 +480,38 @@ def test_shard_map_check_vma_reference_and_interpret():
                       (P(None, "d"),), (P(None, "d"), P("d")), check_vma=True)(XS)
 
 
+def _pallas_body(x, thr, x_seq):
+    """fire's gradient and LIF's (forward and backward) on "pallas", inside a shard_map."""
+    loss = lambda x, thr: (spikefuse.fire(x, thr, backend="pallas") * x).sum()
+    gx, gt = jax.grad(loss, (0, 1))(x, thr)
+    lif_loss = lambda x_seq: sn.lif(x_seq, backend="pallas")[0].sum()
+    return gx, jax.lax.psum(gt, "d"), jax.grad(lif_loss)(x_seq)
+
+
 @pytest.mark.parametrize("check_vma", [True, False])
 def test_pallas_inside_shard_map_lowers_for_cuda(check_vma):
     mesh, context = lowering.cuda_mesh((8,), ("d",))
-
-    def body(x, thr, x_seq):
-        loss = lambda x, thr: (spikefuse.fire(x, thr, backend="pallas") * x).sum()
-        gx, gt = jax.grad(loss, (0, 1))(x, thr)
-        lif_loss = lambda x_seq: sn.lif(x_seq, backend="pallas")[0].sum()
-        return gx, jax.lax.psum(gt, "d"), jax.grad(lif_loss)(x_seq)
-
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=(P("d"), P(), P(None, "d")),
+    mapped = jax.shard_map(_pallas_body, mesh=mesh, in_specs=(P("d"), P(), P(None, "d")),
                            out_specs=(P("d"), P(), P(None, "d")), check_vma=check_vma)
     text = lowering.export_for_cuda(
         mapped, *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (X, THR, XS)),
         context=context)
     assert text.count(lowering.TRITON_CALL) >= 3  # fire's gradient; lif fwd and bwd
+    assert not re.search(r"all_gather|all_to_all|collective_permute", text)
+
+
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_pallas_inside_shard_map_lowers_for_tpu(check_vma):
+    """The same body lowered for tpu: the Mosaic kernels (fire's gradient, LIF's forward and
+    backward) run on each device's block, with no gathers."""
+    mesh = jax.sharding.AbstractMesh((8,), ("d",), (AxisType.Auto,))
+    mapped = jax.shard_map(_pallas_body, mesh=mesh, in_specs=(P("d"), P(), P(None, "d")),
+                           out_specs=(P("d"), P(), P(None, "d")), check_vma=check_vma)
+    with jax.sharding.use_abstract_mesh(mesh):
+        text = lowering.export_for_tpu(
+            mapped, *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (X, THR, XS)))
+    assert text.count(lowering.TPU_CALL) >= 3 and lowering.TRITON_CALL not in text
+    assert "spikefuse_tpu_scan_bwd" in text
     assert not re.search(r"all_gather|all_to_all|collective_permute", text)
 
 
