@@ -45,6 +45,7 @@ EXTERNAL = (r"(jax|jaxlib|numpy|np|jnp|ml_dtypes|matplotlib|argparse|os|contextl
 README_LINKS = {
     "bench/RESULTS.md": "benchmarks.md",
     "docs/shapes.png": "shapes.png",
+    "docs/memory-vs-T-cpu.png": "memory-vs-T-cpu.png",
     "CHANGELOG.md": "changelog.md",
 }
 REPO = Path(__file__).resolve().parents[2]

@@ -5,11 +5,11 @@ fwd+bwd / fwd;bwd) and the neuron suite (multi-step neurons — LIF by default, 
 for IF, PLIF, ALIF and the AdEx example step: fused kernels vs ``lax.scan`` with
 unroll 1, 8, 32, ours and an expert's plain JAX), measures a bandwidth ceiling for each
 row in the same run (streaming kernels with its reads and writes, at its size), prints a
-table and optionally writes JSON and a chart. ``--models`` instead times whole training steps of spiking networks (an MLP,
-a VGG-style conv net, one long LIF layer) in every way a user could write them, with their
-memory, and sweeps training memory against T. Timing: compilation and warm-up excluded;
-every sample is a burst of back-to-back calls ended by ``block_until_ready``; the median
-(and min..max) of ``--repeats`` samples is reported.
+table and optionally writes JSON and a chart. ``--models`` instead times whole training
+steps of spiking networks (an MLP, a VGG-style conv net, one long LIF layer) in every way a
+user could write them, with their memory, and sweeps training memory against T. Timing:
+compilation and warm-up excluded; every sample is a burst of back-to-back calls ended by
+``block_until_ready``; the median (and min..max) of ``--repeats`` samples is reported.
 """
 
 from __future__ import annotations
@@ -20,19 +20,25 @@ import math
 import os
 import sys
 import time
+from typing import Any
 
 import jax.numpy as jnp
 
 from spikefuse.benchmark import elementwise as ew
 from spikefuse.benchmark import models as md
 from spikefuse.benchmark import neurons as nr
-from spikefuse.benchmark.timing import (best_ceilings, ceiling_for, machine_info,
-                                       on_accelerator, pct_of_ceiling)
+from spikefuse.benchmark.timing import (
+    best_ceilings,
+    ceiling_for,
+    machine_info,
+    on_accelerator,
+    pct_of_ceiling,
+)
 from spikefuse.surrogate import registry
 
-QUICK = dict(size=1 << 18, dtypes="float32", repeats=5, min_sample_ms=5.0,
+QUICK: dict[str, Any] = dict(size=1 << 18, dtypes="float32", repeats=5, min_sample_ms=5.0,
              cases=nr.QUICK_CASES)
-FULL = dict(size=1 << 26, dtypes="float32,bfloat16", repeats=15, min_sample_ms=20.0,
+FULL: dict[str, Any] = dict(size=1 << 26, dtypes="float32,bfloat16", repeats=15, min_sample_ms=20.0,
             cases=nr.CASES)
 
 
@@ -350,7 +356,7 @@ def bench(opts: dict, *, progress: bool = False, command: str = "") -> dict:
     t0 = time.perf_counter()
     meta = machine_info()
     row_meta = {k: meta[k] for k in ("device", "jax", "commit")}
-    report = dict(meta=dict(meta, command=command, options={
+    report: dict[str, Any] = dict(meta=dict(meta, command=command, options={
         k: v for k, v in opts.items() if k != "cases"}, neuron_cases=opts["cases"]),
         copy=[], rows=[], notes=[])
     if opts["kernel_backend"] == "interpret":
@@ -404,7 +410,7 @@ def bench_models(opts: dict, model_names, memory_Ts, *, progress: bool = False,
     models = [table[n] for n in model_names]
     kernel = opts["kernel_backend"]
     braintools = "braintools" in opts["backends"]
-    report = dict(meta=dict(meta, command=command, options=dict(
+    report: dict[str, Any] = dict(meta=dict(meta, command=command, options=dict(
         quick=opts["quick"], repeats=opts["repeats"], min_sample_s=opts["min_sample_s"],
         backends=opts["backends"], models=model_names, memory_T=list(memory_Ts))),
         rows=[], sweep=[], notes=[])

@@ -28,8 +28,14 @@ import jax
 import jax.numpy as jnp
 
 import spikefuse
-from spikefuse.benchmark.timing import (ceiling_calls, ceiling_records, compile_all,
-                                       on_accelerator, pct_of_ceiling, time_interleaved)
+from spikefuse.benchmark.timing import (
+    ceiling_calls,
+    ceiling_records,
+    compile_all,
+    on_accelerator,
+    pct_of_ceiling,
+    time_interleaved,
+)
 from spikefuse.surrogate import registry
 
 MODES = ("fwd", "bwd", "fwd+bwd", "fwd;bwd")

@@ -55,7 +55,7 @@ def vjp_residuals(fn, *args) -> list[Residual]:
       >>> [r.nbytes for r in vjp_residuals(jax.checkpoint(jnp.sin), x)]  # keeps x only
       [4000]
     """
-    flags = []
+    flags: list[bool] = []
 
     def probe(*args):
         _, pullback = jax.vjp(fn, *args)

@@ -87,7 +87,7 @@ class Model:
     in_shape: tuple[int, ...]
     blocks: tuple[tuple, ...]
 
-    def with_T(self, T: int) -> "Model":
+    def with_T(self, T: int) -> Model:
         return dataclasses.replace(self, T=T)
 
 
@@ -123,6 +123,7 @@ def _walk(model: Model):
     """``(kind, arg, shape_in, shape_out)`` per block, shapes per sample."""
     shape = tuple(model.in_shape)
     for kind, *arg in model.blocks:
+        out: tuple[int, ...]
         if kind in ("dense", "readout"):
             out = (arg[0],)
         elif kind == "conv":
@@ -161,7 +162,7 @@ def init_params(model: Model, seed: int = 0, x_seq=None) -> list[dict]:
     random bits compile slowly on a CPU.)
     """
     rng = np.random.default_rng(seed)
-    params = []
+    params: list = []
     for kind, arg, shape, _ in _walk(model):
         if kind in ("pool", "flatten"):
             params.append({})
@@ -344,7 +345,8 @@ def train_step_fn(model: Model, variant: str, kernel_backend: str | None = None)
 # -- the benchmark ---------------------------------------------------------------------
 def available_variants(kernel_backend: str | None, braintools: bool = True) -> list[str]:
     """The variants compiled and timed here: the fused ones only with a kernel backend,
-    ``step-pallas`` on a GPU or TPU, ``step-braintools`` where braintools imports (and is wanted)."""
+    ``step-pallas`` on a GPU or TPU, ``step-braintools`` where braintools imports (and is
+    wanted)."""
     out = []
     if kernel_backend:
         out += ["fused", "fused+remat"]
@@ -386,10 +388,11 @@ def run(model_list, kernel_backend, *, samples: int, min_sample_s: float, thread
         compiled = compile_all(jobs, threads)
         memory = {v: compiled_memory(c) for v, c in compiled.items()}
         order = sorted(timed, key=lambda v: memory[v].get("total", 0))
-        peaks, last = {}, [device_peak_bytes()]
+        peaks: dict = {}
+        last = [device_peak_bytes()]
 
-        def record_peak(variant):  # after the variant's first call: did the peak rise?
-            now = device_peak_bytes()
+        def record_peak(variant, peaks=peaks, last=last):  # after the variant's first call:
+            now = device_peak_bytes()  # did the peak rise?
             rose = now is not None and (last[0] is None or now > last[0])
             peaks[variant], last[0] = (now if rose else None), now
 

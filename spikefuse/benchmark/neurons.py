@@ -38,17 +38,22 @@ import functools
 import importlib.util
 import pathlib
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
-from spikefuse.neurons import engine
 from spikefuse.benchmark.memory import residual_bytes
-from spikefuse.benchmark.timing import (ceiling_calls, ceiling_records, pct_of_ceiling,
-                                       time_interleaved)
+from spikefuse.benchmark.timing import (
+    ceiling_calls,
+    ceiling_records,
+    pct_of_ceiling,
+    time_interleaved,
+)
 from spikefuse.kernels import scan
+from spikefuse.neurons import engine
 
 M = 1 << 20
 CASES = [(8, 4 * M), (32, 4 * M), (64, 65536), (128, M), (1024, 4096)]  # (T, N), GPU sizes
@@ -56,7 +61,7 @@ QUICK_CASES = [(32, 16384), (256, 1024)]  # CPU-sized
 UNROLLS = (1, 8, 32)
 MODES = ("fwd", "fwd+bwd")
 CEILING = {"fwd": "1r1w", "fwd+bwd": "1r1w+2r1w"}  # kernels of timing.STREAMS
-NEURON = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True)
+NEURON: dict[str, Any] = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True)
 ALPHA = 4.0  # the Sigmoid surrogate's default, which the library rows use
 
 
@@ -126,7 +131,7 @@ class Neuron:
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def example_step(module: str, name: str) -> Callable:
     """A step function from ``examples/<module>.py`` (a source checkout's), as a user runs it."""
     path = EXAMPLES / f"{module}.py"
@@ -134,6 +139,7 @@ def example_step(module: str, name: str) -> Callable:
         raise FileNotFoundError(f"{path} not found: the {module} neuron is an example step, "
                                 "benchmarked from a source checkout of spikefuse")
     spec = importlib.util.spec_from_file_location(f"spikefuse_example_{module}", path)
+    assert spec is not None and spec.loader is not None, path
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return getattr(mod, name)

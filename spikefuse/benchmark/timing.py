@@ -9,6 +9,7 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,7 @@ def time_interleaved(calls: dict, *, samples: int, min_sample_s: float, on_first
         jax.block_until_ready(fn(*args))
         one = time.perf_counter() - start
         inner[key] = max(1, min(100, int(min_sample_s / max(one, 1e-7))))
-    times = {key: [] for key in calls}
+    times: dict = {key: [] for key in calls}
     for _ in range(max(1, samples)):
         for key, (fn, args) in calls.items():
             start = time.perf_counter()
@@ -64,7 +65,7 @@ def time_interleaved(calls: dict, *, samples: int, min_sample_s: float, on_first
 # decides the bandwidth on a CPU (a copy of 2^19 elements once read a ninth of what rows of
 # 2^18 reached), and so does the mix of reads and writes (out of cache on the 2-core CPU
 # here, a + b moved 1.4x the bytes per second of x + 1): one copy cannot bound every row.
-STREAMS = {  # name: (reads, writes) per element, the kernel
+STREAMS: dict[str, tuple[int, int, Callable]] = {  # name: (reads, writes) per element, the kernel
     "1r1w": (1, 1, lambda a: a + jnp.asarray(1, a.dtype)),
     "2r1w": (2, 1, lambda a, b: a + b),
 }
@@ -121,7 +122,7 @@ def copy_ceilings(sizes, dtypes, *, samples: int, min_sample_s: float,
 
 def best_ceilings(copy: list[dict]) -> list[dict]:
     """``copy`` with one record per (op, dtype, elements): the fastest of its measurements."""
-    best = {}
+    best: dict = {}
     for c in copy:
         key = (c["op"], c["dtype"], c["elements"])
         if key not in best or c["gbps"] > best[key]["gbps"]:
