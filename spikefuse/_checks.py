@@ -43,6 +43,12 @@ def real_array(value: Any, name: str, *,
     return arr
 
 
+def check_bool(value: Any, name: str) -> None:
+    """``TypeError`` unless ``value`` is a bool (Python or numpy), naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
 def check_broadcast(shape: Sequence[int], target: Sequence[int], what: str,
                     target_desc: str = "the input's shape") -> None:
     """``ValueError`` unless ``shape`` broadcasts to ``target`` without enlarging it."""

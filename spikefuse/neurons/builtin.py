@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spikefuse._checks import real_array
+from spikefuse._checks import check_bool, real_array
 from spikefuse.kernels import scan, tpu_scan
 from spikefuse.neurons import dynamics, engine
 from spikefuse.surrogate import Sigmoid, Surrogate
@@ -44,11 +44,6 @@ def _check_positive(value, name: str):
     _check_concrete(value, name, lambda a: a > 0, "> 0")
 
 
-def _check_bool(value, name: str):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 def _check_surrogate(surrogate):
     return Sigmoid() if surrogate is None else check_surrogate(surrogate)
 
@@ -57,7 +52,7 @@ def _membrane(x_seq, v0, params, soft: bool, step, surrogate, backend, return_v_
               unroll, config, derive=None):
     """A one-state (membrane) built-in through the engine: v0 defaults to v_reset (0 when
     soft); returns ``(s, v_T)`` or ``(s, v_T, v_seq)``."""
-    _check_bool(return_v_seq, "return_v_seq")
+    check_bool(return_v_seq, "return_v_seq")
     if v0 is None:
         v0 = 0.0 if soft else params["v_reset"]
     return engine.run(step, x_seq, v0, params, surrogate=surrogate, backend=backend,
@@ -121,7 +116,7 @@ def integrate_fire(x_seq, v0=None, *, v_threshold=1.0, v_reset=0.0, detach_reset
       >>> s[:, 0], v
       (Array([0., 1., 0.], dtype=float32), Array([0.6, 0.6], dtype=float32))
     """
-    _check_bool(detach_reset, "detach_reset")
+    check_bool(detach_reset, "detach_reset")
     soft = v_reset is None
     step = dynamics.IFStep(soft_reset=soft, detach_reset=bool(detach_reset))
     return _membrane(x_seq, v0, _hard({"v_threshold": v_threshold}, v_reset), soft, step,
@@ -156,8 +151,8 @@ def lif(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=Tr
       >>> s[:, 0]
       Array([0., 1., 0., 1.], dtype=float32)
     """
-    _check_bool(decay_input, "decay_input")
-    _check_bool(detach_reset, "detach_reset")
+    check_bool(decay_input, "decay_input")
+    check_bool(detach_reset, "detach_reset")
     _check_positive(tau, "tau")
     soft = v_reset is None
     step = dynamics.LIFStep(soft_reset=soft, decay_input=bool(decay_input),
@@ -194,8 +189,8 @@ def plif(x_seq, v0=None, *, w=0.0, v_threshold=1.0, v_reset=0.0, decay_input=Tru
       >>> s[:, 0]
       Array([0., 1., 0., 1.], dtype=float32)
     """
-    _check_bool(decay_input, "decay_input")
-    _check_bool(detach_reset, "detach_reset")
+    check_bool(decay_input, "decay_input")
+    check_bool(detach_reset, "detach_reset")
     soft = v_reset is None
     step = dynamics.LIFStep(soft_reset=soft, decay_input=bool(decay_input),
                             detach_reset=bool(detach_reset))
@@ -249,9 +244,9 @@ def alif(x_seq, v0=None, a0=None, *, tau=2.0, tau_a=20.0, beta=1.8, v_threshold=
       >>> s[:, 0]
       Array([0., 1., 0., 1., 0., 1.], dtype=float32)
     """
-    _check_bool(decay_input, "decay_input")
-    _check_bool(detach_reset, "detach_reset")
-    _check_bool(return_states, "return_states")
+    check_bool(decay_input, "decay_input")
+    check_bool(detach_reset, "detach_reset")
+    check_bool(return_states, "return_states")
     _check_positive(tau, "tau")
     _check_positive(tau_a, "tau_a")
     _check_concrete(beta, "beta", lambda a: a >= 0, ">= 0")
@@ -333,7 +328,7 @@ class IF(_Neuron):
 
     def __init__(self, v_threshold=1.0, v_reset=0.0, detach_reset=False,
                  surrogate: Surrogate | None = None, backend: str | None = None):
-        _check_bool(detach_reset, "detach_reset")
+        check_bool(detach_reset, "detach_reset")
         self.v_threshold = v_threshold
         self.v_reset = v_reset
         self.detach_reset = bool(detach_reset)
@@ -374,8 +369,8 @@ class LIF(_Neuron):
                  detach_reset=False, surrogate: Surrogate | None = None,
                  backend: str | None = None):
         _check_positive(tau, "tau")
-        _check_bool(decay_input, "decay_input")
-        _check_bool(detach_reset, "detach_reset")
+        check_bool(decay_input, "decay_input")
+        check_bool(detach_reset, "detach_reset")
         self.tau = tau
         self.v_threshold = v_threshold
         self.v_reset = v_reset
@@ -425,8 +420,8 @@ class PLIF(_Neuron):
                  detach_reset=False, surrogate: Surrogate | None = None,
                  backend: str | None = None):
         _check_concrete(init_tau, "init_tau", lambda a: a > 1, "> 1")
-        _check_bool(decay_input, "decay_input")
-        _check_bool(detach_reset, "detach_reset")
+        check_bool(decay_input, "decay_input")
+        check_bool(detach_reset, "detach_reset")
         self.w: Any  # a Python float for a scalar init_tau, else an array
         if isinstance(init_tau, (int, float)) and not isinstance(init_tau, bool):
             self.w = 0.0 - math.log(init_tau - 1.0)  # 0.0, not -0.0, for tau = 2
@@ -482,8 +477,8 @@ class ALIF(_Neuron):
         _check_positive(tau, "tau")
         _check_positive(tau_a, "tau_a")
         _check_concrete(beta, "beta", lambda a: a >= 0, ">= 0")
-        _check_bool(decay_input, "decay_input")
-        _check_bool(detach_reset, "detach_reset")
+        check_bool(decay_input, "decay_input")
+        check_bool(detach_reset, "detach_reset")
         self.tau = tau
         self.tau_a = tau_a
         self.beta = beta

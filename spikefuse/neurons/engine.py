@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spikefuse._checks import check_broadcast, real_array
+from spikefuse._checks import check_bool, check_broadcast, real_array
 from spikefuse.kernels import dispatch, scan, sharding, tpu_scan
 from spikefuse.neurons import _stepcheck, fused
 from spikefuse.neurons.reference import default_unroll, run_reference
@@ -196,11 +196,6 @@ def _check_numbers(named, shape, cdt, seen=None):
     return out
 
 
-def _check_bool(value, name: str):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
 def _avals(arrays, shape=None):
     return tuple(jax.ShapeDtypeStruct(a.shape if shape is None else shape, a.dtype)
                  for a in arrays)
@@ -300,7 +295,7 @@ def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
     gfn, gparams = grad_fn(surrogate)
     gparams = _check_numbers([(f"{type(surrogate).__name__}.{n}", p) for n, p in
                               zip(surrogate._split_fields()[0], gparams)], shape, cdt)
-    _check_bool(return_states, "return_states")
+    check_bool(return_states, "return_states")
     if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, int)
                                or unroll < 1):
         raise ValueError(f"unroll must be a positive int, got {unroll!r}")
