@@ -246,13 +246,19 @@ def _value(ref, scalar, block, cdt):
     return ref[...].astype(cdt)
 
 
-def _check_vecs(layout, init, params):
+def _prepare(xs, init, params, config, interpret):
+    """The checks and layout both kernels start with: ``(layout, init, params, cdt)``,
+    the per-neuron operands in the kernels' layout, ``cdt`` the state's dtype."""
+    if not xs or not init:
+        raise ValueError("the scan kernels need at least one input and one state leaf")
+    layout = _Layout(xs, config, interpret)
     cdt = init[0].dtype
     for i, v in enumerate(init):
         if v.dtype != cdt:
             raise ValueError(f"state {i} has dtype {v.dtype}; every state leaf must have "
                              f"the compute dtype {cdt}")
-    return ([layout.vec(v, f"state {i}") for i, v in enumerate(init)],
+    _check_dtype(cdt, layout.interpret)
+    return (layout, [layout.vec(v, f"state {i}") for i, v in enumerate(init)],
             [layout.vec(p, f"parameter {i}") for i, p in enumerate(params)], cdt)
 
 
@@ -286,11 +292,7 @@ def scan_forward(step: Callable, xs: Sequence, init: Sequence, params: Sequence,
       dtype, else ``()``; in the layout of ``xs`` (``N`` or ``M, D`` per step).
     """
     xs, init, params = tuple(xs), tuple(init), tuple(params)
-    if not xs or not init:
-        raise ValueError("the scan kernels need at least one input and one state leaf")
-    lay = _Layout(xs, config, interpret)
-    init, params, cdt = _check_vecs(lay, init, params)
-    _check_dtype(cdt, lay.interpret)
+    lay, init, params, cdt = _prepare(xs, init, params, config, interpret)
     m = len(init)
     if len(final_dtypes) != m:
         raise ValueError(f"final_dtypes must give one dtype per state leaf ({m})")
@@ -386,11 +388,7 @@ def scan_backward(step: Callable, xs: Sequence, init: Sequence, cks: Sequence,
     """
     xs, init, cks, params = tuple(xs), tuple(init), tuple(cks), tuple(params)
     d_outs, d_finals = tuple(d_outs), tuple(d_finals)
-    if not xs or not init:
-        raise ValueError("the scan kernels need at least one input and one state leaf")
-    lay = _Layout(xs, config, interpret)
-    init, params, cdt = _check_vecs(lay, init, params)
-    _check_dtype(cdt, lay.interpret)
+    lay, init, params, cdt = _prepare(xs, init, params, config, interpret)
     m = len(init)
     n_ck = num_checkpoints(lay.T, lay.K)
     ck_shapes = {(n_ck, lay.N), (n_ck, lay.M, lay.D)}
