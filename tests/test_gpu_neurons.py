@@ -7,9 +7,6 @@ sizes that span thousands of blocks with a ragged tail, forward and reverse mode
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,20 +14,13 @@ import pytest
 
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
+from spikefuse.benchmark.neurons import example_step
 
 pytestmark = pytest.mark.skipif(
     jax.default_backend() not in ("gpu", "cuda"), reason="needs a GPU (compiled Pallas kernels)"
 )
 
 T, SHAPE = 37, (7, 14289)  # 100,023 neurons: ragged for every block size
-
-
-def _adex_step():
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "adex.py"
-    spec = importlib.util.spec_from_file_location("adex", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.adex_step
 
 
 def two_state(state, x, p, fire):
@@ -49,7 +39,7 @@ NEURONS = {
     "alif": lambda x, b: sn.alif(x, tau=2.0, tau_a=8.0, beta=0.7, backend=b),
     "user-2-state": lambda x, b: sn.multistep(two_state, x, (0.0, 0.0),
                                               {"decay": 0.8, "beta": 0.5}, backend=b),
-    "adex": lambda x, b: sn.multistep(_adex_step(), x * 30.0 - 20.0, (-70.0, 0.0),
+    "adex": lambda x, b: sn.multistep(example_step("adex", "adex_step"), x * 30.0 - 20.0, (-70.0, 0.0),
                                       surrogate=sg.GaussianGrad(sigma=0.5), backend=b),
 }
 
