@@ -1,9 +1,10 @@
 """Sphinx configuration of the spikefuse documentation.
 
-Build (README, "Documentation"): ``pip install -e ".[docs]"`` then
+Build (README, "Quick start"): ``pip install -e ".[docs]"`` then
 ``sphinx-build -W --keep-going docs docs/_build/html``. ``-W`` turns every warning into an
-error: a broken cross-reference (``nitpicky``), a public name without a docstring, a
-README section or included file that is gone, a Markdown heading out of order.
+error: a broken cross-reference (``nitpicky``), a public name without a docstring, an
+included file that is gone, a Markdown heading out of order. ``.ci/check_docs_offline.py``
+then checks that the built pages load nothing from the network.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 copied into _static: formulas render with no network
     "spikefuse_docs",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}

@@ -1,6 +1,6 @@
 """``kernels.dispatch``: what ``"auto"`` picks per operation and platform, and what overrides it.
 
-The expected picks are written out here, as the decision record (README, Backends): on a
+The expected picks are written out here, as the decision record (docs/backends.md): on a
 GPU the elementwise spike runs the reference (no model measurement shows the Pallas kernel
 faster) and the multi-step neurons run the fused kernels; a TPU mirrors the GPU (not
 measured there); CPU and unknown platforms run the reference. Platforms are given by name,

@@ -121,8 +121,8 @@ def test_fused_lif_keeps_no_checkpoint_when_the_sequence_is_one_chunk():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_reference_lif_keeps_two_f32_arrays_per_step(dtype):
-    """What XLA keeps through lax.scan today (README and bench/RESULTS.md quote it): if this
-    changes, update those numbers."""
+    """What XLA keeps through lax.scan today (docs/benchmarks.md and bench/RESULTS.md quote it): if
+    this changes, update those numbers."""
     x = jax.ShapeDtypeStruct((T, NEURONS), jnp.dtype(dtype))
     res = vjp_residuals(_lif("reference"), x)
     per_step = [r for r in res if r.nbytes > SCALARS_MAX]

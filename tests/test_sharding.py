@@ -28,18 +28,19 @@ def test_multidevice_suite_on_8_cpu_devices():
     print(out[-3000:])
 
 
-def _readme_example():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+def _docs_example():
+    with open(os.path.join(REPO, "docs", "scaling.md"), encoding="utf-8") as f:
         text = f.read()
     block = re.search(r"<!-- scaling-example:start -->\s*```python\n(.*?)```\s*"
                       r"<!-- scaling-example:end -->", text, re.S)
     claim = re.search(r"[Ii]t prints `(loss [^`]*)`", text)
-    assert block and claim, "README lost its scaling example or the line saying what it prints"
+    assert block and claim, ("docs/scaling.md lost its scaling example or the line saying what "
+                             "it prints")
     return block.group(1), claim.group(1)
 
 
-def test_readme_scaling_example_runs_as_written(tmp_path):
-    code, claim = _readme_example()
+def test_docs_scaling_example_runs_as_written(tmp_path):
+    code, claim = _docs_example()
     script = tmp_path / "scaling_example.py"
     script.write_text(code)
     env = dict(os.environ, JAX_PLATFORMS="cpu", SPIKEFUSE_BACKEND="interpret",
@@ -52,4 +53,4 @@ def test_readme_scaling_example_runs_as_written(tmp_path):
         r"loss (\d+\.\d+) -> (\d+\.\d+); all-gathers: (\d+)", printed).groups()
     assert float(last) < 0.5 * float(first)  # it trains
     assert gathers == "0"
-    assert printed == claim  # and the README says what it prints
+    assert printed == claim  # and the docs say what it prints

@@ -1,5 +1,5 @@
 """Sphinx extension for the spikefuse docs: the API reference from ``__all__``, the shape table
-from the registry, README sections included once, and the checks that keep them honest.
+from the registry, and the checks that keep them honest.
 
 * ``.. public-api:: MODULE`` documents every name in ``MODULE.__all__`` with autodoc. A name
   exported by several API modules is documented once, in the first of ``API_MODULES`` that
@@ -11,9 +11,6 @@ from the registry, README sections included once, and the checks that keep them 
   a broken reference (``nitpicky``), except names of the external packages in ``EXTERNAL``.
 * ``.. surrogate-shapes::`` tables every shape of ``spikefuse.surrogate.registry.SHAPES``
   with the g′ formula from its class docstring's ``.. math::`` line.
-* A Markdown page may contain ``{readme-section}`` blocks, replaced before parsing by that
-  ``##`` section of README.md (headings one level up, README-relative links mapped by
-  ``README_LINKS``), so the README and the site share one text.
 * ``builder-inited`` draws the shapes figure with ``spikefuse.plot.plot_shapes``.
 """
 
@@ -21,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import re
 import types
 from pathlib import Path
 from typing import Any
@@ -41,14 +37,6 @@ API_MODULES = ("spikefuse", "spikefuse.surrogate", "spikefuse.neurons", "spikefu
 # Reference targets outside spikefuse: left unresolved (no network for intersphinx in CI).
 EXTERNAL = (r"(jax|jaxlib|numpy|np|jnp|ml_dtypes|matplotlib|argparse|os|contextlib|collections"
             r"|typing|types|numbers)(\..+)?")
-# README-relative link targets and what they are on the site (docs-relative).
-README_LINKS = {
-    "bench/RESULTS.md": "benchmarks.md",
-    "docs/shapes.png": "shapes.png",
-    "docs/memory-vs-T-cpu.png": "memory-vs-T-cpu.png",
-    "CHANGELOG.md": "changelog.md",
-}
-REPO = Path(__file__).resolve().parents[2]
 
 
 # -- public names ----------------------------------------------------------------------------
@@ -268,41 +256,6 @@ class SurrogateShapes(SphinxDirective):
         return container.children
 
 
-# -- README sections ------------------------------------------------------------------------
-_README_BLOCK = re.compile(r"^```\{readme-section\}[ \t]+(.+?)[ \t]*\n```[ \t]*$", re.M)
-_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
-
-
-def readme_section(title: str) -> str:
-    """The body of README.md's ``## title`` section (``title`` or ``title (...)``), its
-    ``###`` headings raised to ``##`` and its relative links mapped to the site."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    parts = re.split(r"^## ", text, flags=re.M)
-    found = [p for p in parts[1:] if p.splitlines()[0].strip() in (title,)
-             or p.splitlines()[0].startswith(title + " (")]
-    if len(found) != 1:
-        raise ExtensionError(f"README.md has {len(found)} sections '## {title}', needs one")
-    body = found[0].split("\n", 1)[1]
-    body = re.sub(r"^#(#+) ", r"\1 ", body, flags=re.M)
-
-    def link(match: re.Match[str]) -> str:
-        target = match.group(2)
-        if re.match(r"[a-z]+:|#", target):
-            return match.group(0)
-        if target not in README_LINKS:
-            raise ExtensionError(f"README.md section '{title}' links to {target!r}; map it to "
-                                 "a page or file of the site in README_LINKS")
-        return match.group(1) + README_LINKS[target] + match.group(3)
-
-    return _LINK.sub(link, body)
-
-
-def _include_readme_sections(app: Sphinx, docname: str, source: list[str]) -> None:
-    if _README_BLOCK.search(source[0]):
-        app.env.note_dependency(str(REPO / "README.md"))
-        source[0] = _README_BLOCK.sub(lambda m: readme_section(m.group(1)), source[0])
-
-
 # -- figure ---------------------------------------------------------------------------------
 def _draw_shapes(app: Sphinx) -> None:
     from spikefuse.plot import plot_shapes
@@ -321,7 +274,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("surrogate-shapes", SurrogateShapes)
     app.connect("builder-inited", _draw_shapes)
     app.connect("builder-inited", _set_aliases)
-    app.connect("source-read", _include_readme_sections)
     app.connect("missing-reference", _resolve_alias)
     app.connect("autodoc-skip-member", _skip_inherited_doc)
     app.connect("autodoc-process-signature", _short_type_names)

@@ -106,7 +106,7 @@ def integrate_fire(x_seq, v0=None, *, v_threshold=1.0, v_reset=0.0, detach_reset
       get 0.
 
     Sharding: an ``x_seq`` sharded across devices over any axis but time runs per shard
-    (README, "Scaling across devices"); one sharded along time on Explicit mesh axes
+    (docs/scaling.md); one sharded along time on Explicit mesh axes
     raises ``ValueError``.
 
     Example:

@@ -279,7 +279,7 @@ def fire(v, threshold=0.0, surrogate: Surrogate | None = None, *, backend: str |
 
     Returns:
       Spikes in ``result_type(v, threshold)``, ``v``'s shape. A ``v`` sharded across
-      devices is processed per shard (README, "Scaling across devices").
+      devices is processed per shard (docs/scaling.md).
 
     Example:
       >>> import jax.numpy as jnp, spikefuse

@@ -148,7 +148,7 @@ def test_fire_forward_mode(types):
 @pytest.mark.parametrize("types,spec", [("auto", P("a", "b")), ("explicit", P(None, "b"))])
 def test_fire_vmap(types, spec):
     # vmap over x's first axis. On Auto axes it may be sharded; on Explicit axes jax's
-    # shard_map batching gathers a sharded vmapped axis (README), so it is not sharded here.
+    # shard_map batching gathers a sharded vmapped axis (docs/scaling.md), so it is not sharded here.
     mesh = make_mesh("2d", types)
 
     def f(x, thr, w):
