@@ -31,7 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "scaling.md"
 SCRIPT = ROOT / "examples" / "multihost.py"
-PORTS = range(29731, 29831)  # searched in order, on 127.0.0.1 only
+PORTS = range(29731, 29831)  # searched on 127.0.0.1 only, from a place set by the pid
 TIMEOUT_S = 120  # per launch, all its processes together
 
 # Runs the example unchanged (runpy), then records what the test compares.
@@ -83,7 +83,10 @@ def _recipe() -> tuple[dict[str, str], list[list[str]], str, str]:
 
 
 def _free_port(taken: tuple[int, ...] = ()) -> int:
-    for port in (p for p in PORTS if p not in taken):
+    # Two test runs at once (CI runs both interpreters side by side) start their searches at
+    # different places, so they do not both find the same port before either binds it.
+    start = os.getpid() % len(PORTS)
+    for port in (p for p in [*PORTS[start:], *PORTS[:start]] if p not in taken):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
