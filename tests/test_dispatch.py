@@ -104,11 +104,15 @@ def test_context_and_global_overrides(on_platform):
 # (backend, lowering platform) -> (kernel family, interpreted): "pallas" compiles the kernels
 # of the platform it is lowered for; the interpret backends name their family.
 EXPECTED_KERNELS = {
-    ("pallas", "cuda"): ("gpu", False),
-    ("pallas", "rocm"): ("gpu", False),
+    ("pallas", "cuda"): ("triton", False),  # while jax has Triton (test_gpu_family_*)
+    ("pallas", "rocm"): ("triton", False),
     ("pallas", "tpu"): ("tpu", False),
-    ("interpret", "cpu"): ("gpu", True),
-    ("interpret", "tpu"): ("gpu", True),
+    ("pallas_triton", "cuda"): ("triton", False),
+    ("pallas_mgpu", "cuda"): ("mgpu", False),
+    ("interpret", "cpu"): ("triton", True),
+    ("interpret", "tpu"): ("triton", True),
+    ("interpret_mgpu", "cpu"): ("mgpu", True),
+    ("interpret_mgpu", "cuda"): ("mgpu", True),
     ("interpret_tpu", "cpu"): ("tpu", True),
     ("interpret_tpu", "cuda"): ("tpu", True),
 }
