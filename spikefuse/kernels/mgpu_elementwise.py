@@ -355,14 +355,17 @@ def _eval(jaxpr, consts, args):
 
 def _pow(x, y):
     """``lax.pow(x, y)`` for floating ``x`` from ops Mosaic GPU lowers: ``exp(y * log|x|)``,
-    negated for x < 0 and odd integer y, NaN for x < 0 and non-integer y, 1 for y = 0 or
-    x = 1 (IEEE pow)."""
+    negated for x < 0 and odd integer y, NaN for finite x < 0 and non-integer y, 1 for
+    y = 0, x = 1 and (x = -1, y = +-inf): IEEE pow's special values (but -0 to an odd
+    negative power gives +inf)."""
     y = jnp.broadcast_to(jnp.asarray(y).astype(x.dtype), x.shape)  # lax.pow allows a 0-d y
     r = jnp.exp(y * jnp.log(jnp.abs(x)))
     whole = y == jnp.round(y)
     odd = whole & (jnp.round(y * 0.5) * 2 != y)  # y / 2 is exact; no float rem in Mosaic GPU
-    r = jnp.where(x < 0, jnp.where(whole, jnp.where(odd, -r, r), jnp.nan), r)
-    return jnp.where((y == 0) | (x == 1), jnp.ones_like(r), r)
+    fractional = jnp.where(x == -jnp.inf, r, jnp.nan)  # (-inf)**0.5 is inf, (-2)**0.5 NaN
+    r = jnp.where(x < 0, jnp.where(whole, jnp.where(odd, -r, r), fractional), r)
+    one = (y == 0) | (x == 1) | ((jnp.abs(x) == 1) & (jnp.abs(y) == jnp.inf))
+    return jnp.where(one, jnp.ones_like(r), r)
 
 
 def _fmod(x, y):

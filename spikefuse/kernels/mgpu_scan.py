@@ -51,6 +51,7 @@ __all__ = ["MGPU", "MgpuScanConfig", "cells", "check_size", "default_config", "n
            "resolve_config", "scan_backward", "scan_forward"]
 
 _INDEX_LIMIT = 2**31
+_MAX_CHUNK = 8  # see `default_config`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +82,17 @@ class MgpuScanConfig:
 
 
 def default_config(T: int, N: int, dtype) -> MgpuScanConfig:
-    """The configuration for ``T`` steps of ``N`` neurons: K from `scan.default_config` (one
-    K for every kernel family: the checkpoints are part of the neuron primitives' types);
-    block and prefetch left to the architecture at launch (`resolve_config`)."""
-    return MgpuScanConfig(chunk=scan.default_config(T, N, dtype).chunk)
+    """The configuration for ``T`` steps of ``N`` neurons: K from `scan.default_config`, at
+    most 8; block and prefetch left to the architecture at launch (`resolve_config`).
+
+    Why at most 8: a chunk is unrolled into the kernel body (K row loads, then K steps; the
+    backward also recomputes them and runs K steps of ``jax.vjp``), and Mosaic GPU's layout
+    inference takes time that grows about quadratically with the body. Exporting a two-state
+    step's forward and backward for cuda (CPU, jax 0.12) took 1.2 s at K = 4, 3.0 s at K = 8
+    and 28 s at K = 32 (the Triton heuristic's K for small N and long T, whose loads in
+    flight K = 8 with prefetch still keeps at 16 rows). Not measured on a GPU.
+    """
+    return MgpuScanConfig(chunk=min(_MAX_CHUNK, scan.default_config(T, N, dtype).chunk))
 
 
 def resolve_config(config: MgpuScanConfig, T: int, N: int, dtype) -> MgpuScanConfig:
@@ -156,6 +164,7 @@ def _launch(kernel, operands, out_shape, N, config, interpret, name):
     def body(*refs, index):  # the CTA index is the launch's (see `mgpu_elementwise.launch`)
         return kernel(*refs, rows=functools.partial(_Rows, index=index))
 
+    name = name.replace("spikefuse_", "spikefuse_mgpu_", 1)  # spikefuse_mgpu_scan_fwd, _bwd
     return launch(body, operands, out_shape, pl.cdiv(N, config.block), interpret, name)
 
 

@@ -243,6 +243,17 @@ _CONFIG_NAMES = {"triton": "spikefuse.kernels.scan.ScanConfig",
                  "tpu": "spikefuse.kernels.tpu_scan.TpuScanConfig"}
 
 
+def _default_chunk(families, T: int, N: int, dtype) -> int:
+    """K when the caller gives none: the Mosaic GPU heuristic's (at most 8) where that is
+    the GPU family that will run, else the Triton one's (which the TPU kernels share)."""
+    gpu = [f for f in families if f in ("triton", "mgpu")]
+    if len(gpu) == 2:  # "pallas": the family a GPU would compile
+        gpu = [dispatch.gpu_family("neurons")]
+    if gpu == ["mgpu"]:
+        return mgpu_scan.default_config(T, N, dtype).chunk
+    return scan.default_config(T, N, dtype).chunk
+
+
 def _kernel_configs(backend: str, config, T: int, N: int, dtype) -> dict:
     """``{family: config}`` for the kernel families ``backend`` may lower to (see
     ``_BACKEND_FAMILIES``), with one chunk K, the caller's if given, so the checkpoints are
@@ -255,7 +266,7 @@ def _kernel_configs(backend: str, config, T: int, N: int, dtype) -> dict:
                         f"{'/'.join(dispatch.family_name(f) for f in families)} kernels and "
                         f"needs a {wanted}, got a {type(config).__name__}")
     triton = scan.default_config(T, N, dtype)
-    chunk = triton.chunk if config is None else config.chunk
+    chunk = config.chunk if config is not None else _default_chunk(families, T, N, dtype)
     defaults = {"triton": dataclasses.replace(triton, chunk=chunk),
                 "mgpu": mgpu_scan.MgpuScanConfig(chunk=chunk),
                 "tpu": tpu_scan.TpuScanConfig(chunk=chunk)}
