@@ -46,6 +46,7 @@ from spikefuse.kernels import mgpu_launch, scan
 from spikefuse.kernels.mgpu_elementwise import Interpret, interpret_mode, launch, lowerable
 from spikefuse.kernels.mgpu_launch import LANES
 from spikefuse.kernels.scan import cells, num_checkpoints
+from spikefuse.kernels.sharding import _varying
 
 __all__ = ["MGPU", "MgpuScanConfig", "cells", "check_size", "default_config", "num_checkpoints",
            "resolve_config", "scan_backward", "scan_forward"]
@@ -143,7 +144,14 @@ class _Rows:
         del valid
         if ref is None:  # an absent operand (a zero cotangent)
             return self.zero
-        return ref[self._at(t)].astype(self.cdt)
+        value = ref[self._at(t)].astype(self.cdt)
+        if _varying(value):
+            # Inside a shard_map, plgpu.kernel's refs keep the operands' varying mesh axes,
+            # but the kernel is traced without tracking them, so every computed value has
+            # none: a loaded cotangent would then not match its output in `step_vjp`'s VJP.
+            # A multiplication by one (exact) is a value without them.
+            value = value * 1
+        return value
 
     def store(self, ref, value, t=None, valid=None):
         def write():
