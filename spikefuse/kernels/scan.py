@@ -217,11 +217,15 @@ def _rows_spec(rows, block):
     return pl.BlockSpec((rows, block), lambda i: (0, i))
 
 
-def _spec(shape, block):
+def _spec(shape, block, *, result=False):
     """A Triton program's block of an operand or result: ``[rows, block]`` of a ``[rows, N]``
-    array, ``[block]`` of an ``[N]`` one, the whole of a ``[1]`` scalar."""
-    return _rows_spec(shape[0], block) if len(shape) == 2 else _vec_spec(
-        jax.ShapeDtypeStruct(shape, jnp.float32), block)
+    array, ``[block]`` of an ``[N]`` one; of an operand of one element (a scalar shared by
+    all neurons), the whole of it. (A result always has N elements, one per neuron.)"""
+    if len(shape) == 2:
+        return _rows_spec(shape[0], block)
+    if result:
+        return pl.BlockSpec((block,), lambda i: (i,))
+    return _vec_spec(jax.ShapeDtypeStruct(shape, jnp.float32), block)
 
 
 def _kinds(vecs) -> tuple[bool, ...]:
@@ -299,7 +303,7 @@ def _triton_launch(kernel, operands, out_shape, N, config, interpret, name):
             out_shape=out_shape,
             grid=(pl.cdiv(N, block),),
             in_specs=[_spec(o.shape, block) for o in operands],
-            out_specs=[_spec(o.shape, block) for o in out_shape],
+            out_specs=[_spec(o.shape, block, result=True) for o in out_shape],
             compiler_params=compiler_params,
             interpret=interpret,
             name=name,

@@ -265,12 +265,16 @@ def _kernel_configs(backend: str, config, T: int, N: int, dtype) -> dict:
         raise TypeError(f"config: backend={backend!r} runs the "
                         f"{'/'.join(dispatch.family_name(f) for f in families)} kernels and "
                         f"needs a {wanted}, got a {type(config).__name__}")
-    triton = scan.default_config(T, N, dtype)
     chunk = config.chunk if config is not None else _default_chunk(families, T, N, dtype)
-    defaults = {"triton": dataclasses.replace(triton, chunk=chunk),
-                "mgpu": mgpu_scan.MgpuScanConfig(chunk=chunk),
-                "tpu": tpu_scan.TpuScanConfig(chunk=chunk)}
-    return {f: config if f == given else defaults[f] for f in families}
+
+    def default(family):  # (a caller's config is never replaced, nor a heuristic run for it)
+        if family == "triton":
+            return dataclasses.replace(scan.default_config(T, N, dtype), chunk=chunk)
+        if family == "mgpu":
+            return mgpu_scan.MgpuScanConfig(chunk=chunk)
+        return tpu_scan.TpuScanConfig(chunk=chunk)
+
+    return {f: config if f == given else default(f) for f in families}
 
 
 # -- backends -----------------------------------------------------------------------------
