@@ -2,9 +2,9 @@
 oracle for ``spikefuse.neurons`` (no spikefuse code runs in it).
 
 ``oracle(step, x_seq, init, params, gprime)`` runs ``step(state, x_t, params, fire)`` over
-the leading axis of ``x_seq`` in float32, where ``fire(h, threshold)`` is the Heaviside
-spike whose derivative is ``gprime(h - threshold)`` — a closed form each test writes by hand
-for the surrogate it gives spikefuse.
+the leading axis of ``x_seq`` in float32 (float64 for float64 inputs), where
+``fire(h, threshold)`` is the Heaviside spike whose derivative is ``gprime(h - threshold)`` —
+a closed form each test writes by hand for the surrogate it gives spikefuse.
 """
 
 import functools
@@ -45,18 +45,20 @@ def gaussian_gprime(sigma, alpha):
 
 
 def oracle(step, x_seq, init, params, gprime):
-    """``(spikes, final_state)`` of ``step`` by ``lax.scan``, in f32, outputs in x's dtype."""
+    """``(spikes, final_state)`` of ``step`` by ``lax.scan``, in f32 (f64 for f64 inputs),
+    outputs in x's dtype."""
     spike = _spike(gprime)
     leaves = jax.tree.leaves(x_seq)
     dtype, shape = leaves[0].dtype, leaves[0].shape[1:]
-    init = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape), init)
-    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+    cdt = jnp.promote_types(dtype, jnp.float32)
+    init = jax.tree.map(lambda v: jnp.broadcast_to(jnp.asarray(v, cdt), shape), init)
+    params = jax.tree.map(lambda p: jnp.asarray(p, cdt), params)
 
     def fire(h, threshold=0.0):
         return spike(h - threshold)
 
     def body(state, x_t):
-        s, new = step(state, jax.tree.map(lambda a: a.astype(jnp.float32), x_t), params, fire)
+        s, new = step(state, jax.tree.map(lambda a: a.astype(cdt), x_t), params, fire)
         return new, s.astype(dtype)
 
     final, s = jax.lax.scan(body, init, x_seq)

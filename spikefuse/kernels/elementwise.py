@@ -272,7 +272,8 @@ def _kernel(*refs, n, block, ragged, is_scalar, grad_fn, compute_dtype, plt):
         elif mask is None:
             value = ref[...]
         else:
-            value = plt.load(ref.at[pl.ds(0, block)], mask=mask, other=0)
+            # `other` in the ref's dtype: a Python 0 would be int64 under jax_enable_x64.
+            value = plt.load(ref.at[pl.ds(0, block)], mask=mask, other=np.zeros((), ref.dtype))
         return value.astype(compute_dtype)
 
     values = [load(ref, s) for ref, s in zip(in_refs, is_scalar)]

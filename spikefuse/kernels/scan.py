@@ -74,6 +74,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import pallas as pl
 
 from spikefuse.kernels import _compat
@@ -249,16 +250,20 @@ class _Rows:
 
     def _at(self, ref, t, valid):
         mask = self.mask if valid is None else jnp.logical_and(self.mask, valid)
+        # Every index of an access is int32: a row index (static or a loop counter) and the
+        # column start alike. A Python int start would become int64 under jax_enable_x64,
+        # beside an int32 row, and interpret mode refuses mixed index types.
+        cols = pl.ds(jnp.int32(0), self.block)
         if t is None:
-            return ref.at[pl.ds(0, self.block)], mask
-        # A static row index becomes an int32 value too (interpret mode needs an array).
-        return ref.at[jnp.asarray(t, jnp.int32), pl.ds(0, self.block)], mask
+            return ref.at[cols], mask
+        return ref.at[jnp.asarray(t, jnp.int32), cols], mask
 
     def load(self, ref, t=None, valid=None):
         if ref is None:  # an absent operand (a zero cotangent)
             return self.zero
         at, mask = self._at(ref, t, valid)
-        return self.plt.load(at, mask=mask, other=0).astype(self.cdt)
+        # `other` in the ref's dtype: a Python 0 would be int64 under jax_enable_x64.
+        return self.plt.load(at, mask=mask, other=np.zeros((), ref.dtype)).astype(self.cdt)
 
     def store(self, ref, value, t=None, valid=None):
         at, mask = self._at(ref, t, valid)
@@ -272,6 +277,22 @@ class _Rows:
 
 def _take(it, n):
     return tuple(next(it) for _ in range(n))
+
+
+def _clamp(i, hi):
+    """``i`` (an int or an int32 scalar) clamped to ``[0, hi]``, as int32."""
+    return jax.lax.clamp(np.int32(0), jnp.asarray(i, jnp.int32), np.int32(hi))
+
+
+def _fori_loop(n, body, init):
+    """``lax.fori_loop(0, n, body, init)`` with an int32 counter. (fori_loop with a static
+    trip count carries a Python int, int64 under jax_enable_x64; here every index stays
+    int32, as the kernels' index arithmetic is, on every setting.)"""
+    def scan_body(carry, _):
+        i, value = carry
+        return (i + 1, body(i, value)), None
+
+    return jax.lax.scan(scan_body, (np.int32(0), init), None, length=n)[0][1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,7 +446,7 @@ def _forward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n_
                 rows.store(ref, v, jnp.minimum(c, n_ck - 1), valid=c < n_ck)
             return state, nxt
 
-        state = _fori(n_full, body, (state, load_chunk(0, K) if prefetch else ()))[0]
+        state = _fori_loop(n_full, body, (state, load_chunk(0, K) if prefetch else ()))[0]
     if rem:
         state = run_chunk(n_full * K, state, load_chunk(n_full * K, rem))
     for ref, v in zip(fin_refs, state):
@@ -498,12 +519,6 @@ def backward(family: Family, step: Callable, xs: Sequence, init: Sequence, cks: 
     return dxs, dinit, dparams
 
 
-def _fori(n, body, carry):
-    """``fori_loop`` over ``range(n)`` with an int32 index whatever ``jax_enable_x64`` says,
-    so that every index a kernel computes from it is int32."""
-    return jax.lax.fori_loop(jnp.int32(0), jnp.int32(n), body, carry)
-
-
 def step_vjp(step: Callable, state: tuple, xs: tuple, params: tuple, wx: Sequence[int],
              wp: Sequence[int], d_outs: tuple, d_state: tuple):
     """One step of BPTT, the body of the backward kernels (these and `tpu_scan`'s).
@@ -551,7 +566,7 @@ def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n
     def load_chunk(c, t0, steps, valid=None):
         """The state at the start of chunk c, then its rows: x and output cotangents."""
         def t(k):
-            return t0 + k if valid is None else jnp.clip(t0 + k, 0, T - 1)
+            return t0 + k if valid is None else _clamp(t0 + k, T - 1)
 
         xs = tuple(tuple(rows.load(r, t(k), valid) for r in x_refs) for k in range(steps))
         dos = tuple(tuple(rows.load(r, t(k), valid) if r is not None else rows.zero
@@ -561,7 +576,7 @@ def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n
         elif n_ck == 0:
             start = init
         else:
-            row = jnp.clip(c - 1, 0, n_ck - 1)
+            row = _clamp(c - 1, n_ck - 1)
             first = jnp.full((block,), c == 0)  # a row of predicates: Mosaic GPU has no
             start = tuple(jnp.where(first, v0, rows.load(r, row, valid))  # scalar select
                           for v0, r in zip(init, ck_refs))
@@ -607,7 +622,7 @@ def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n
 
         c_last = n_full - 1
         nxt = load_chunk(c_last, c_last * K, K, valid=True) if prefetch else ()
-        d_state, acc, _ = _fori(n_full, body, (d_state, acc, nxt))
+        d_state, acc, _ = _fori_loop(n_full, body, (d_state, acc, nxt))
     for ref, g in zip(dinit_refs, d_state):
         if ref is not None:
             rows.store(ref, g)
