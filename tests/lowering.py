@@ -19,11 +19,22 @@ lowers with a subclass that has one (`_GpuDevice`), no patching of jax needed.
 
 import dataclasses
 import re
+import sys
 import warnings
 
 import jax
+import pytest
 from jax import export
 from jax.sharding import AxisType
+
+# The Mosaic GPU family's full test matrix (interpret-mode parity of every kernel through the
+# library, every dtype and architecture) runs on the Python 3.12 row (jax 0.12); the 3.11 row
+# (jax 0.10.2) runs one case of each kernel and the cuda lowerings, within its test-time
+# budget. `mgpu_full` marks (or `pytest.param(..., marks=mgpu_full)`) the rest.
+MGPU_FULL = sys.version_info >= (3, 12)
+mgpu_full = pytest.mark.skipif(
+    not MGPU_FULL, reason="the Mosaic GPU family's full matrix runs on the Python 3.12 row "
+                          "(jax 0.12); this row runs one case per kernel (test-time budget)")
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 MGPU_CALL = "mosaic_gpu_v2"

@@ -132,7 +132,9 @@ def test_engine_matches_scan_of_the_same_step(case):
 
     fns = {"oracle": lambda x, i, p: oracle(step, x, i, p),
            "reference": run("reference"), "interpret": run("interpret"),
-           "interpret_tpu": run("interpret_tpu"), "interpret_mgpu": run("interpret_mgpu")}
+           "interpret_tpu": run("interpret_tpu")}
+    if lowering.MGPU_FULL:  # the Mosaic GPU family on the 3.12 row (tests/lowering.py)
+        fns["interpret_mgpu"] = run("interpret_mgpu")
     args = (x_seq, init, params)
     out_shape = jax.eval_shape(fns["oracle"], *args)
     cts = _random_like(out_shape, seed=1)
@@ -147,7 +149,7 @@ def test_engine_matches_scan_of_the_same_step(case):
         results[label] = jax.jit(both)(*args)
     (s_o, fin_o), grads_o, tan_o = results["oracle"]
     assert 0.02 < float(jnp.mean(s_o.astype(jnp.float32))) < 0.9  # spikes do happen
-    for label in ("reference", "interpret", "interpret_tpu", "interpret_mgpu"):
+    for label in (label for label in fns if label != "oracle"):
         (s, fin), grads, tan = results[label]
         assert s.dtype == s_o.dtype and s.shape == (T, *shape)
         np.testing.assert_array_equal(np.asarray(s, np.float32), np.asarray(s_o, np.float32),
@@ -431,10 +433,17 @@ def test_fused_backward_keeps_only_checkpoints(name):
 
 
 # -- GPU lowering, checked on CPU ----------------------------------------------------------
-@pytest.mark.parametrize("backend, platform", [("pallas", "cuda"), ("pallas", "tpu"),
-                                               ("pallas_mgpu", "cuda")])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("name", ["alif_2", "comp_3"])
+def _user_steps_cases():
+    for backend, platform in [("pallas", "cuda"), ("pallas", "tpu"), ("pallas_mgpu", "cuda")]:
+        for dtype in ("float32", "bfloat16"):
+            for name in ("alif_2", "comp_3"):
+                rare = backend == "pallas_mgpu" and (dtype, name) != ("float32", "alif_2")
+                yield pytest.param(name, dtype, backend, platform,
+                                   marks=[lowering.mgpu_full] if rare else [],
+                                   id=f"{name}-{dtype}-{backend}-{platform}")
+
+
+@pytest.mark.parametrize("name, dtype, backend, platform", list(_user_steps_cases()))
 def test_user_steps_lower(name, dtype, backend, platform):
     step, x_seq, init, params = _problem(name, 37, (3, 333), True, dtype, seed=6)
     if backend == "pallas_mgpu":  # K = 4: Mosaic GPU's compile time grows with the chunk

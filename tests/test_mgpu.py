@@ -30,10 +30,12 @@ from spikefuse.kernels import mgpu_elementwise as me
 from spikefuse.neurons import engine
 
 GPU_INTERPRET = _compat.interpret_gpu_params()
+full = lowering.mgpu_full  # the rest of the matrix: on the 3.12 row (see tests/lowering.py)
 # Blocks of 256 (2 x 128): 1000 elements are 4 CTAs, the last overlapping; 130 fit one block
 # of 128 (cut to the array) plus an overlapping one; 5 are padded to 128.
 SMALL = me.MgpuElementwiseConfig(block_size=256)
-MODES = [pytest.param(GPU_INTERPRET, id="mgpu-interpret"), pytest.param(True, id="pallas-interpret")]
+MODES = [pytest.param(GPU_INTERPRET, id="mgpu-interpret"),
+         pytest.param(True, id="pallas-interpret", marks=full)]
 
 
 @pytest.fixture(autouse=True)
@@ -48,9 +50,9 @@ def _fresh_gpu_interpreter():
 @pytest.mark.parametrize("interpret", MODES)
 @pytest.mark.parametrize("shape, dtype, thr_kind, name", [
     ((1000,), "float32", "scalar", "sigmoid"),
-    ((3, 130), "bfloat16", "full", "triangle"),
-    ((5,), "float32", "full", "atan2p"),
-    ((2, 3, 7, 11), "float32", "scalar", "atan2p"),
+    pytest.param((3, 130), "bfloat16", "full", "triangle", marks=full),
+    pytest.param((5,), "float32", "full", "atan2p", marks=full),
+    pytest.param((2, 3, 7, 11), "float32", "scalar", "atan2p", marks=full),
 ])
 def test_elementwise_kernels(interpret, shape, dtype, thr_kind, name):
     rng = np.random.default_rng(len(shape))
@@ -102,10 +104,10 @@ def _problem(T, N, dtype, seed):
 # last chunk); 300 neurons are 3 CTAs of 128, the last overlapping; 50 are padded to 128.
 @pytest.mark.parametrize("T, N, dtype, prefetch, interpret", [
     (3 * K + 5, 300, "float32", True, GPU_INTERPRET),
-    (K + 1, 50, "float32", False, GPU_INTERPRET),
-    (1, 300, "bfloat16", False, GPU_INTERPRET),
-    (3 * K + 5, 300, "float32", False, True),
-    (2 * K, 130, "bfloat16", True, True),
+    pytest.param(K + 1, 50, "float32", False, GPU_INTERPRET, marks=full),
+    pytest.param(1, 300, "bfloat16", False, GPU_INTERPRET, marks=full),
+    pytest.param(3 * K + 5, 300, "float32", False, True, marks=full),
+    pytest.param(2 * K, 130, "bfloat16", True, True, marks=full),
 ], ids=lambda v: "mgpu" if v is GPU_INTERPRET else ("pallas" if v is True else None))
 def test_scan_kernels(T, N, dtype, prefetch, interpret):
     x, v0, decay, ds, dv = _problem(T, N, jnp.dtype(dtype), seed=T + N)
@@ -175,7 +177,7 @@ def _two_state(state, xs, p, fire):
 
 
 @pytest.mark.parametrize("arch", ["8.0", "9.0", "10.0"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=full)])
 def test_every_kernel_lowers_for_cuda(arch, dtype):
     """backend="pallas_mgpu" exported for cuda: the spike's forward and backward kernels and
     the engine's forward, tangent and BPTT kernels, each a Mosaic GPU kernel compiled for

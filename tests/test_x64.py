@@ -28,7 +28,7 @@ import pytest
 import neuron_oracle
 from jax.extend import core as jcore
 from jax.ref import AbstractRef
-from lowering import KERNEL_CALL, MGPU_CALL, export_for
+from lowering import KERNEL_CALL, MGPU_CALL, export_for, mgpu_full
 
 import spikefuse
 from spikefuse import surrogate as sg
@@ -251,7 +251,8 @@ def _random_like(tree, seed):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [b if b != "interpret_mgpu" else pytest.param(
+    b, marks=mgpu_full) for b in BACKENDS])
 def test_engine_forward_tangent_and_bptt(backend, dtype):
     """A user step through the engine: spikes exactly the oracle's, the final state, forward
     mode and every reverse-mode gradient (inputs, initial states, parameters) within the
@@ -282,7 +283,8 @@ def _assert_same(on, off):
         np.testing.assert_array_equal(np.asarray(x).astype(y.dtype), np.asarray(y))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [b if b != "interpret_mgpu" else pytest.param(
+    b, marks=mgpu_full) for b in BACKENDS])
 def test_builtin_neurons_do_not_depend_on_x64(backend):
     """LIF and PLIF (the neurons of the bug report) on float32 inputs: a loss through their
     spikes and its gradient, equal bit for bit with x64 on and off."""
@@ -304,8 +306,9 @@ def test_builtin_neurons_do_not_depend_on_x64(backend):
 @pytest.mark.parametrize("platform, backend, dtype", [
     ("cuda", "pallas", "float32"), ("cuda", "pallas", "bfloat16"), ("cuda", "pallas", "float64"),
     ("tpu", "pallas", "float32"), ("tpu", "pallas", "bfloat16"),  # Mosaic has no float64
-    ("cuda", "pallas_mgpu", "float32"), ("cuda", "pallas_mgpu", "bfloat16"),
-    ("cuda", "pallas_mgpu", "float64")])
+    ("cuda", "pallas_mgpu", "float32"),
+    pytest.param("cuda", "pallas_mgpu", "bfloat16", marks=mgpu_full),
+    pytest.param("cuda", "pallas_mgpu", "float64", marks=mgpu_full)])
 def test_kernels_lower_with_x64(platform, backend, dtype):
     """Elementwise forward and backward and the engine's forward and BPTT, exported for the
     accelerators with x64 on: each call leaves one kernel (Triton or Mosaic TPU for "pallas",

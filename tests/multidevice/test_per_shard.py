@@ -335,6 +335,7 @@ def test_tpu_kernels_per_shard(mesh_name, types, monkeypatch):
 MGPU_CFG = mgpu_scan.MgpuScanConfig(chunk=3, block=128)
 
 
+@lowering.mgpu_full
 @pytest.mark.parametrize("mesh_name, types", [("1d", "explicit"), ("2d", "auto")])
 def test_mgpu_kernels_per_shard(mesh_name, types, monkeypatch):
     """backend="interpret_mgpu" (the Mosaic GPU kernels, interpreted) per shard, through a
