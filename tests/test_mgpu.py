@@ -234,6 +234,10 @@ def test_mosaic_gpu_step_check_names_the_op_and_family():
 
 # -- the launch table ----------------------------------------------------------------------
 def test_launch_table_and_heuristics():
+    assert mgpu_launch.current_arch() == (9, 0)  # no GPU here: what Mosaic GPU assumes
+    for arch in ("8.0", "10.0"):  # the architecture being compiled for, as Mosaic GPU reads it
+        with lowering.cuda_mesh((1,), ("d",), arch=arch)[1]:
+            assert mgpu_launch.current_arch() == tuple(map(int, arch.split(".")))
     assert mgpu_launch.for_arch((9, 0)) is mgpu_launch.ARCH_LAUNCH[9]
     assert mgpu_launch.for_arch((11, 0)) is mgpu_launch.ARCH_LAUNCH[10]  # the newest below
     assert mgpu_launch.for_arch((7, 5)) is mgpu_launch.ARCH_LAUNCH[8]  # the oldest
