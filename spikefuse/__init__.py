@@ -4,8 +4,8 @@
 * ``spikefuse.neurons``: multi-step IF/LIF layers, a ``lax.scan`` reference and fused kernels.
 * ``spikefuse.fire(v, threshold, surrogate)``: the fused threshold + spike entry point.
 * ``spikefuse.set_backend`` / ``get_backend`` / ``use_backend``: ``"auto"``, ``"reference"``,
-  ``"pallas"``, ``"interpret"`` or ``"interpret_tpu"`` (also the ``SPIKEFUSE_BACKEND``
-  environment variable).
+  ``"pallas"``, ``"pallas_triton"``, ``"pallas_mgpu"``, ``"interpret"``, ``"interpret_mgpu"``
+  or ``"interpret_tpu"`` (also the ``SPIKEFUSE_BACKEND`` environment variable).
 """
 
 from spikefuse import neurons, surrogate

@@ -5,17 +5,26 @@ GPU the elementwise spike runs the reference (no model measurement shows the Pal
 faster) and the multi-step neurons run the fused kernels; a TPU mirrors the GPU (not
 measured there); CPU and unknown platforms run the reference. Platforms are given by name,
 or by faking ``jax.default_backend`` — nothing here needs the platform itself. Which kernels
-a kernel backend runs, by the platform it is lowered for, is `dispatch.kernel_target`.
+a kernel backend runs, by the platform it is lowered for, is `dispatch.kernel_target`; which
+GPU family "pallas" compiles is `dispatch.gpu_family`: Triton while jax has it (and no GPU
+measurement flips a row of ``GPU_FAMILY``), Mosaic GPU without — tested by hiding jax's
+Triton module.
 """
+
+import pathlib
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+import lowering
 import spikefuse
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sf
-from spikefuse.kernels import dispatch
+from spikefuse.kernels import _compat, dispatch
 
 EXPECTED_AUTO = {
     ("cpu", "elementwise"): "reference",
@@ -104,11 +113,15 @@ def test_context_and_global_overrides(on_platform):
 # (backend, lowering platform) -> (kernel family, interpreted): "pallas" compiles the kernels
 # of the platform it is lowered for; the interpret backends name their family.
 EXPECTED_KERNELS = {
-    ("pallas", "cuda"): ("gpu", False),
-    ("pallas", "rocm"): ("gpu", False),
+    ("pallas", "cuda"): ("triton", False),  # while jax has Triton (test_gpu_family_*)
+    ("pallas", "rocm"): ("triton", False),
     ("pallas", "tpu"): ("tpu", False),
-    ("interpret", "cpu"): ("gpu", True),
-    ("interpret", "tpu"): ("gpu", True),
+    ("pallas_triton", "cuda"): ("triton", False),
+    ("pallas_mgpu", "cuda"): ("mgpu", False),
+    ("interpret", "cpu"): ("triton", True),
+    ("interpret", "tpu"): ("triton", True),
+    ("interpret_mgpu", "cpu"): ("mgpu", True),
+    ("interpret_mgpu", "cuda"): ("mgpu", True),
     ("interpret_tpu", "cpu"): ("tpu", True),
     ("interpret_tpu", "cuda"): ("tpu", True),
 }
@@ -131,6 +144,89 @@ def test_pallas_refuses_only_cpu():
         text = jax.export.export(jax.jit(dispatch.accelerator_only),
                                  platforms=[platform])(x).mlir_module()
         assert "spikefuse" not in text
+
+
+@pytest.fixture
+def no_triton(monkeypatch):
+    """A jax without the Pallas Triton lowering: its module cannot be imported."""
+    monkeypatch.setitem(sys.modules, "jax.experimental.pallas.triton", None)
+    assert not _compat.has_triton()
+
+
+def test_gpu_family_is_triton_until_measured(monkeypatch):
+    for op in dispatch.OPS:  # jax 0.10-0.12 have Triton; Mosaic GPU not measured on a GPU
+        assert dispatch.gpu_family(op) == "triton"
+    monkeypatch.setitem(dispatch.GPU_FAMILY, "neurons", "mgpu")  # what a measurement does
+    assert dispatch.gpu_family("neurons") == "mgpu"
+    assert dispatch.gpu_family("elementwise") == "triton"
+    assert dispatch.kernel_target("pallas", "cuda", "neurons") == ("mgpu", False)
+    assert dispatch.kernel_target("pallas_triton", "cuda", "neurons") == ("triton", False)
+    with pytest.raises(ValueError, match="op must be one of"):
+        dispatch.gpu_family("neuron")
+
+
+def test_without_triton_pallas_compiles_the_mosaic_gpu_kernels(no_triton):
+    for op in dispatch.OPS:
+        assert dispatch.gpu_family(op) == "mgpu"
+        assert dispatch.kernel_target("pallas", "cuda", op) == ("mgpu", False)
+    assert dispatch.kernel_target("pallas", "tpu", "neurons") == ("tpu", False)
+
+    def f(v, x_seq):  # the spike's forward and backward, LIF's forward and backward
+        y, vjp = jax.vjp(lambda v: spikefuse.fire(v, 0.5, backend="pallas"), v)
+        out, pullback = jax.vjp(lambda x: sn.lif(x, backend="pallas")[0], x_seq)
+        return y, vjp(v)[0], out, pullback(out)[0]
+
+    text = lowering.export_for_cuda(f, jax.ShapeDtypeStruct((300,), jnp.float32),
+                                    jax.ShapeDtypeStruct((6, 200), jnp.float32))
+    assert text.count(lowering.MGPU_CALL) == 4 and lowering.TRITON_CALL not in text
+    for name in ("heaviside", "grad_mul", "scan_fwd", "scan_bwd"):
+        assert f"spikefuse_mgpu_{name}" in text
+
+
+@pytest.mark.parametrize("backend", ["pallas_triton", "interpret"])
+def test_triton_backends_without_triton_name_the_family_and_jax_version(no_triton, backend):
+    words = rf"{backend}.*Triton.*jax {re.escape(jax.__version__)}"
+    with pytest.raises(dispatch.BackendUnavailableError, match=words):
+        dispatch.kernel_target(backend, "cuda")
+    with pytest.raises(dispatch.BackendUnavailableError, match=words):
+        jax.jit(lambda x: spikefuse.fire(x, backend=backend)).lower(X)
+    with pytest.raises(dispatch.BackendUnavailableError, match=words):
+        lowering.export_for_cuda(lambda x: sn.lif(x, backend=backend)[0],
+                                 jax.ShapeDtypeStruct((4, 8), jnp.float32))
+
+
+def test_compiled_backends_refuse_cpu_by_name():
+    for backend, family in (("pallas_mgpu", "Mosaic GPU"), ("pallas_triton", "Triton")):
+        with pytest.raises(dispatch.BackendUnavailableError,
+                           match=rf"'{backend}' compiles the {family} kernels.*cpu"):
+            jax.jit(lambda x: spikefuse.fire(x, backend=backend))(X)
+        with pytest.raises(dispatch.BackendUnavailableError, match=backend):
+            dispatch.kernel_target(backend, "tpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dispatch.accelerator_only(X, "interpret")
+
+
+def test_spikefuse_imports_and_runs_on_a_jax_without_triton():
+    """In a fresh process where jax's Triton module cannot be imported, spikefuse imports,
+    the Mosaic GPU kernels run (interpreted) and "interpret" says why it cannot."""
+    code = """if True:
+        import sys
+        sys.modules["jax.experimental.pallas.triton"] = None
+        import jax.numpy as jnp
+        import spikefuse
+        x = jnp.array([-1.0, 0.5, 2.0])
+        print(spikefuse.fire(x, 0.0, backend="interpret_mgpu").tolist())
+        try:
+            spikefuse.fire(x, 0.0, backend="interpret")
+        except spikefuse.BackendUnavailableError as e:
+            print("refused:", e)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=pathlib.Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "[0.0, 1.0, 1.0]"
+    assert lines[1].startswith("refused:") and "Triton" in lines[1]
 
 
 @pytest.mark.parametrize("op", ["neuron", "Elementwise", "", None])

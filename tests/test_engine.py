@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import neuron_oracle
+import lowering
 from lowering import KERNEL_CALL, export_for, export_for_cuda
 
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
-from spikefuse.kernels import scan, tpu_scan
+from spikefuse.kernels import mgpu_scan, scan, tpu_scan
 from spikefuse.neurons import engine, fused
 
 ALPHA = 3.0  # the surrogate: spikefuse's Sigmoid(alpha=3); the oracle writes g' itself
@@ -23,6 +24,8 @@ K = 4
 CONFIGS = {"k4": scan.ScanConfig(block=32, chunk=K, num_warps=1),
            "k4pf": scan.ScanConfig(block=64, chunk=K, num_warps=2, prefetch=True)}
 TPU_CONFIG = tpu_scan.TpuScanConfig(chunk=K, block_rows=16, block_cols=128)
+# 111 neurons are padded to one block of 128; 222 are two, the second overlapping.
+MGPU_CONFIG = mgpu_scan.MgpuScanConfig(chunk=K, block=128)
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
 
 
@@ -122,13 +125,16 @@ def test_engine_matches_scan_of_the_same_step(case):
     sur = sg.Sigmoid(alpha=ALPHA)
 
     def run(backend):
-        kw = dict(config={"interpret": CONFIGS[cfg], "interpret_tpu": TPU_CONFIG}[backend]
+        kw = dict(config={"interpret": CONFIGS[cfg], "interpret_tpu": TPU_CONFIG,
+                          "interpret_mgpu": MGPU_CONFIG}[backend]
                   ) if backend != "reference" else {}
         return lambda x, i, p: engine.run(step, x, i, p, surrogate=sur, backend=backend, **kw)
 
     fns = {"oracle": lambda x, i, p: oracle(step, x, i, p),
            "reference": run("reference"), "interpret": run("interpret"),
            "interpret_tpu": run("interpret_tpu")}
+    if lowering.MGPU_FULL:  # the Mosaic GPU family on the 3.12 row (tests/lowering.py)
+        fns["interpret_mgpu"] = run("interpret_mgpu")
     args = (x_seq, init, params)
     out_shape = jax.eval_shape(fns["oracle"], *args)
     cts = _random_like(out_shape, seed=1)
@@ -143,7 +149,7 @@ def test_engine_matches_scan_of_the_same_step(case):
         results[label] = jax.jit(both)(*args)
     (s_o, fin_o), grads_o, tan_o = results["oracle"]
     assert 0.02 < float(jnp.mean(s_o.astype(jnp.float32))) < 0.9  # spikes do happen
-    for label in ("reference", "interpret", "interpret_tpu"):
+    for label in (label for label in fns if label != "oracle"):
         (s, fin), grads, tan = results[label]
         assert s.dtype == s_o.dtype and s.shape == (T, *shape)
         np.testing.assert_array_equal(np.asarray(s, np.float32), np.asarray(s_o, np.float32),
@@ -427,18 +433,30 @@ def test_fused_backward_keeps_only_checkpoints(name):
 
 
 # -- GPU lowering, checked on CPU ----------------------------------------------------------
-@pytest.mark.parametrize("platform", ["cuda", "tpu"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("name", ["alif_2", "comp_3"])
-def test_user_steps_lower(name, dtype, platform):
+def _user_steps_cases():
+    for backend, platform in [("pallas", "cuda"), ("pallas", "tpu"), ("pallas_mgpu", "cuda")]:
+        for dtype in ("float32", "bfloat16"):
+            for name in ("alif_2", "comp_3"):
+                rare = backend == "pallas_mgpu" and (dtype, name) != ("float32", "alif_2")
+                yield pytest.param(name, dtype, backend, platform,
+                                   marks=[lowering.mgpu_full] if rare else [],
+                                   id=f"{name}-{dtype}-{backend}-{platform}")
+
+
+@pytest.mark.parametrize("name, dtype, backend, platform", list(_user_steps_cases()))
+def test_user_steps_lower(name, dtype, backend, platform):
     step, x_seq, init, params = _problem(name, 37, (3, 333), True, dtype, seed=6)
-    config = scan.ScanConfig(block=128, chunk=8, num_warps=4, prefetch=True)
+    if backend == "pallas_mgpu":  # K = 4: Mosaic GPU's compile time grows with the chunk
+        config, call = mgpu_scan.MgpuScanConfig(chunk=4, prefetch=True), lowering.MGPU_CALL
+    else:
+        config = scan.ScanConfig(block=128, chunk=8, num_warps=4, prefetch=True)
+        call = KERNEL_CALL[platform]
 
     def fwd_bwd(x):
-        out, pullback = jax.vjp(lambda x: engine.run(step, x, init, params, backend="pallas",
+        out, pullback = jax.vjp(lambda x: engine.run(step, x, init, params, backend=backend,
                                                      config=config), x)
         return out, pullback(jax.tree.map(jnp.ones_like, out))
 
     avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x_seq)
     text = export_for(platform, fwd_bwd, avals)
-    assert text.count(KERNEL_CALL[platform]) == 2  # the forward and the BPTT kernel
+    assert text.count(call) == 2  # the forward and the BPTT kernel

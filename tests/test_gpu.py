@@ -2,7 +2,9 @@
 
 Skipped (with the reason shown) on machines without a GPU; run on the GPU machine by
 `bench/gpu_run.sh`. The same checks as test_spike_backends.py's interpret binding, at sizes
-that span thousands of blocks with ragged tails.
+that span thousands of blocks with ragged tails, for both GPU kernel families: "pallas"
+(Triton while jax has it) and "pallas_mgpu" (Mosaic GPU; never run on a GPU before this
+file runs on one).
 """
 
 from __future__ import annotations
@@ -47,17 +49,18 @@ def _run(s, x, thr, ct, backend):
     return fn(x, ct)
 
 
+@pytest.mark.parametrize("backend", ["pallas", "pallas_mgpu"])
 @pytest.mark.parametrize("cls", ALL)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("shape", [(1 << 20) + 3], ids=str)
-def test_compiled_pallas_equals_reference(cls, dtype, shape):
+def test_compiled_pallas_equals_reference(cls, dtype, shape, backend):
     rng = np.random.default_rng(0)
     shape = shape if isinstance(shape, tuple) else (shape,)
     x = jnp.asarray(rng.normal(0, 2, shape), dtype)
     ct = jnp.asarray(rng.normal(0, 1, shape), dtype)
     s = cls()
     ref = _run(s, x, 0.25, ct, "reference")
-    ker = _run(s, x, 0.25, ct, "pallas")
+    ker = _run(s, x, 0.25, ct, backend)
     np.testing.assert_array_equal(np.asarray(ker[0]), np.asarray(ref[0]))
     rtol, atol = (TOL_CANCELLING if cls is Tanh else TOL)[dtype]
     for k, r in zip(ker[1:], ref[1:]):

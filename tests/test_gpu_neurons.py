@@ -2,7 +2,8 @@
 
 Skipped (with the reason shown) without a GPU; run on the GPU machine by `bench/gpu_run.sh`.
 Every built-in (IF, LIF, PLIF, ALIF), a user's two-state step and the AdEx example step, at
-sizes that span thousands of blocks with a ragged tail, forward and reverse mode.
+sizes that span thousands of blocks with a ragged tail, forward and reverse mode, for both GPU
+kernel families: "pallas" (Triton while jax has it) and "pallas_mgpu" (Mosaic GPU).
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ NEURONS = {
 }
 
 
+@pytest.mark.parametrize("backend", ["pallas", "pallas_mgpu"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("name", NEURONS)
-def test_compiled_neuron_equals_reference(name, dtype):
+def test_compiled_neuron_equals_reference(name, dtype, backend):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(0.7, 0.9, (T, *SHAPE)), dtype)
     ct = jnp.asarray(rng.normal(size=(T, *SHAPE)), dtype)
@@ -64,10 +66,11 @@ def test_compiled_neuron_equals_reference(name, dtype):
         return jax.jit(both)(x, ct)
 
     s_r, state_r, dx_r = run("reference")
-    s_k, state_k, dx_k = run("pallas")
+    s_k, state_k, dx_k = run(backend)
     mismatch = float(jnp.mean((s_k != s_r).astype(jnp.float32)))
-    # Steps of +, -, x and comparisons round alike in XLA and Triton; AdEx's exp may not
-    # (libdevice vs XLA), which can flip a spike whose membrane is within an ulp of -50.
+    # Steps of +, -, x and comparisons round alike in XLA and Triton (and, unmeasured, Mosaic
+    # GPU); AdEx's exp may not (libdevice vs XLA), which can flip a spike whose membrane is
+    # within an ulp of -50.
     assert mismatch <= (1e-4 if name == "adex" else 0.0), mismatch
     rtol = 1e-4 if dtype == jnp.float32 else 2e-2
     if mismatch == 0.0:

@@ -23,7 +23,7 @@ from spikefuse import surrogate
 from spikefuse.kernels import tpu_elementwise
 from spikefuse.surrogate.registry import SHAPES
 
-from lowering import KERNEL_CALL, export_for
+from lowering import MGPU_CALL, TPU_CALL, TRITON_CALL, export_for, mgpu_full
 
 
 class Tanh(surrogate.Surrogate):
@@ -201,23 +201,43 @@ def test_new_alpha_does_not_recompile():
     np.testing.assert_allclose(np.asarray(g2), 3.0 * np.exp(-np.abs(3.0 * np.asarray(x, np.float64))), rtol=1e-5)
 
 
-@pytest.mark.parametrize("platform", ["cuda", "tpu"])
-@pytest.mark.parametrize("cls", ALL)
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
-def test_pallas_lowers(cls, dtype, platform):
-    """"pallas" exported for a platform holds that platform's forward and backward kernels
-    (Triton for cuda, Mosaic for tpu) and not the other's; (3, 1000) is ragged for both."""
+# (backend, platform) -> (the custom call its kernels leave, their name prefix).
+LOWERS = {("pallas", "cuda"): (TRITON_CALL, "spikefuse_"),
+          ("pallas", "tpu"): (TPU_CALL, "spikefuse_tpu_"),
+          ("pallas_mgpu", "cuda"): (MGPU_CALL, "spikefuse_mgpu_")}
+# The shapes whose g' Mosaic GPU gets rewritten (pow, fmod) run on every row; the rest of the
+# Mosaic GPU matrix on the 3.12 row (tests/lowering.py).
+_MGPU_EVERY_ROW = {"QPseudoSpike", "SquarewaveFourierSeries", "Sigmoid"}
+
+
+def _lowers_cases():
+    for backend, platform in sorted(LOWERS):
+        for p in ALL:
+            for dtype in (jnp.float32, jnp.bfloat16):
+                rare = backend == "pallas_mgpu" and (p.id not in _MGPU_EVERY_ROW
+                                                     or dtype != jnp.float32)
+                yield pytest.param(p.values[0], dtype, backend, platform,
+                                   id=f"{jnp.dtype(dtype).name}-{p.id}-{backend}-{platform}",
+                                   marks=[mgpu_full] if rare else [])
+
+
+@pytest.mark.parametrize("cls, dtype, backend, platform", list(_lowers_cases()))
+def test_pallas_lowers(cls, dtype, backend, platform):
+    """A compiled backend exported for a platform holds its kernel family's forward and
+    backward kernels (Triton for "pallas" on cuda, Mosaic GPU for "pallas_mgpu", Mosaic for
+    tpu) and no other family's; (3, 1000) is ragged for all."""
     s = cls()
 
     def f(v, thr, ct):
-        y, vjp = jax.vjp(lambda v: spikefuse.fire(v, thr, s, backend="pallas"), v)
+        y, vjp = jax.vjp(lambda v: spikefuse.fire(v, thr, s, backend=backend), v)
         return y, vjp(ct)[0]
 
     a = jax.ShapeDtypeStruct((3, 1000), dtype)
     text = export_for(platform, f, a, jax.ShapeDtypeStruct((), dtype), a)
-    other = KERNEL_CALL["tpu" if platform == "cuda" else "cuda"]
-    assert text.count(KERNEL_CALL[platform]) >= 2 and other not in text
-    prefix = "spikefuse_tpu_" if platform == "tpu" else "spikefuse_"
+    call, prefix = LOWERS[backend, platform]
+    assert text.count(call) >= 2
+    for other in {TRITON_CALL, TPU_CALL, MGPU_CALL} - {call}:
+        assert other not in text
     assert f"{prefix}heaviside" in text and f"{prefix}grad_mul" in text
 
 
@@ -296,3 +316,45 @@ def test_interpret_tpu_operand_kinds(small_tpu_blocks):
     f = jax.jit(lambda x, t: spikefuse.fire(x, t, backend="interpret_tpu"))
     a, b = f(x, jnp.float32(0.1)), f(x, jnp.float32(-0.4))
     assert f._cache_size() == 1 and not np.array_equal(np.asarray(a), np.asarray(b))
+
+
+# -- the Mosaic GPU kernels, interpreted ---------------------------------------------------------
+# backend="interpret_mgpu": the Mosaic GPU kernel bodies under Pallas' interpreter, through
+# every transformation (the kernels in Mosaic GPU interpret mode itself are in test_mgpu.py).
+# Blocks of 128 so that (3, 1000) is 24 CTAs with an overlapping last one; (5,) is padded to
+# one block; (2, 3, 5, 7, 11) is 5-D. Every shape class, both dtypes, every surrogate once.
+MGPU_SHAPES = [(3, 1000), (5,), (2, 3, 5, 7, 11), (1025,), (), (0,)]
+MGPU_CASES = [pytest.param(p.values[0], dtype, MGPU_SHAPES[i % len(MGPU_SHAPES)],
+                           id=f"{p.id}-{jnp.dtype(dtype).name}")
+              for i, p in enumerate(ALL) for dtype in [(jnp.float32, jnp.bfloat16)[i % 2]]]
+
+
+@pytest.fixture
+def small_mgpu_blocks(monkeypatch):
+    from spikefuse.kernels import mgpu_elementwise
+
+    small = mgpu_elementwise.MgpuElementwiseConfig(block_size=128)
+    monkeypatch.setattr(mgpu_elementwise, "default_config", lambda n, dtype: small)
+
+
+@mgpu_full
+@pytest.mark.parametrize("cls, dtype, shape", MGPU_CASES)
+def test_interpret_mgpu_equals_reference(small_mgpu_blocks, cls, dtype, shape):
+    rng = np.random.default_rng(zlib.crc32(f"mgpu{cls.__name__}{shape}".encode()))
+    spec = next((s for s in SHAPES if s.cls is cls), None)
+    s = cls(**_random_params(spec, rng)) if spec else cls()
+    x = rng.normal(0, 2, shape)
+    x.reshape(-1)[::5] = 0.25  # exact ties with the threshold: H = 1 there
+    x = jnp.asarray(x, dtype)
+    ct = jnp.asarray(rng.normal(0, 1, shape), dtype)
+    ref, ker = jax.jit(lambda x, ct: (_fwd_vjp_jvp(s, x, 0.25, ct, "reference"),
+                                      _fwd_vjp_jvp(s, x, 0.25, ct, "interpret_mgpu")))(x, ct)
+    assert ker[0].shape == shape and ker[0].dtype == dtype
+    np.testing.assert_array_equal(np.asarray(ker[0]), np.asarray(ref[0]))  # spikes exactly
+    # f32: 1e-5 relative as for the TPU kernels (QPseudoSpike's pow is exp(y log x) here:
+    # a few ulp more than XLA's pow); bf16: one rounding of t * g'.
+    rtol, atol = TPU_TOL[dtype]
+    for got, want in zip(ker[1:], ref[1:]):  # reverse mode, forward mode
+        assert got.dtype == want.dtype == dtype
+        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                                   rtol=rtol, atol=atol)

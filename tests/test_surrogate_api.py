@@ -638,7 +638,9 @@ def clean_backend(monkeypatch):
 
 
 def test_backend_names():
-    assert set(spikefuse.BACKENDS) == {"auto", "reference", "pallas", "interpret", "interpret_tpu"}
+    assert set(spikefuse.BACKENDS) == {"auto", "reference", "pallas", "pallas_triton",
+                                       "pallas_mgpu", "interpret", "interpret_mgpu",
+                                       "interpret_tpu"}
 
 
 def test_default_backend_is_auto(clean_backend):
@@ -646,7 +648,8 @@ def test_default_backend_is_auto(clean_backend):
 
 
 def test_set_backend(clean_backend):
-    for name in ("reference", "interpret", "interpret_tpu", "pallas", "auto"):
+    for name in ("reference", "interpret", "interpret_tpu", "interpret_mgpu", "pallas",
+                 "pallas_triton", "pallas_mgpu", "auto"):
         spikefuse.set_backend(name)
         assert spikefuse.get_backend() == name
     spikefuse.set_backend("reference")

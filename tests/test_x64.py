@@ -28,25 +28,33 @@ import pytest
 import neuron_oracle
 from jax.extend import core as jcore
 from jax.ref import AbstractRef
-from lowering import KERNEL_CALL, export_for
+from lowering import KERNEL_CALL, MGPU_CALL, export_for, mgpu_full
 
 import spikefuse
 from spikefuse import surrogate as sg
-from spikefuse.kernels import elementwise, scan, tpu_elementwise, tpu_scan
+from spikefuse.kernels import (elementwise, mgpu_elementwise, mgpu_scan, scan, tpu_elementwise,
+                               tpu_scan)
 from spikefuse.neurons import LIF, PLIF, engine
 
 ALPHA = 3.0
-BACKENDS = ("reference", "interpret", "interpret_tpu")
+BACKENDS = ("reference", "interpret", "interpret_tpu", "interpret_mgpu")
 # Chunks of K = 4 steps: T = 11 runs two full chunks (a checkpoint between them) and a tail.
 K, T = 4, 11
 CONFIGS = {"reference": {}, "interpret": {"config": scan.ScanConfig(block=32, chunk=K,
                                                                      num_warps=1,
                                                                      prefetch=True)},
            "interpret_tpu": {"config": tpu_scan.TpuScanConfig(chunk=K, block_rows=16,
-                                                              block_cols=128)}}
+                                                              block_cols=128)},
+           # 111 neurons are padded to one block of 128
+           "interpret_mgpu": {"config": mgpu_scan.MgpuScanConfig(chunk=K, block=128,
+                                                                 prefetch=True)}}
 TOL = {"float32": 1e-5, "float64": 1e-12}
 # The kernel families and their kernels, called directly (interpret=False only traces here).
-FAMILIES = {"triton": (elementwise, scan), "tpu": (tpu_elementwise, tpu_scan)}
+FAMILIES = {"triton": (elementwise, scan), "tpu": (tpu_elementwise, tpu_scan),
+            "mgpu": (mgpu_elementwise, mgpu_scan)}
+# The primitives a kernel body lives in: pallas_call (Triton, TPU, and the Mosaic GPU bodies
+# under Pallas' interpreter), mpmd_map (plgpu.kernel, compiled or in Mosaic GPU interpret mode).
+KERNEL_PRIMITIVES = ("pallas_call", "mpmd_map")
 
 
 @pytest.fixture(autouse=True)
@@ -103,14 +111,17 @@ def _index_problems(jaxpr, problems):
 
 
 def _kernel_index_problems(fn):
-    """{kernel name: `_index_problems` of its body} for every pallas_call ``fn`` makes."""
+    """{kernel name: `_index_problems` of its body} for every kernel ``fn`` makes."""
     found = {}
 
     def visit(jaxpr):
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "pallas_call":
+            if eqn.primitive.name in KERNEL_PRIMITIVES:
                 name = str(eqn.params.get("name_and_src_info", eqn.params.get("name")))
-                found[name.split()[0]] = sorted(set(_index_problems(eqn.params["jaxpr"], [])))
+                problems = []
+                for body in _sub_jaxprs(eqn.params):
+                    _index_problems(body, problems)
+                found[name.split()[0]] = sorted(set(problems))
             for sub in _sub_jaxprs(eqn.params):
                 visit(sub)
 
@@ -136,6 +147,8 @@ def test_kernel_bodies_use_one_integer_type(family, interpret):
     ew, sc = FAMILIES[family]
     if family == "triton":
         config = scan.ScanConfig(block=128, chunk=8, num_warps=4, prefetch=True)
+    elif family == "mgpu":  # compiled: plgpu.kernel (traced only); interpreted: pallas_call
+        config = mgpu_scan.MgpuScanConfig(chunk=8, block=128, prefetch=True)
     else:
         config = tpu_scan.TpuScanConfig(chunk=8, block_rows=16, block_cols=128)
         interpret = tpu_elementwise.interpret_mode(True) if interpret else False
@@ -238,7 +251,8 @@ def _random_like(tree, seed):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [b if b != "interpret_mgpu" else pytest.param(
+    b, marks=mgpu_full) for b in BACKENDS])
 def test_engine_forward_tangent_and_bptt(backend, dtype):
     """A user step through the engine: spikes exactly the oracle's, the final state, forward
     mode and every reverse-mode gradient (inputs, initial states, parameters) within the
@@ -269,7 +283,8 @@ def _assert_same(on, off):
         np.testing.assert_array_equal(np.asarray(x).astype(y.dtype), np.asarray(y))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [b if b != "interpret_mgpu" else pytest.param(
+    b, marks=mgpu_full) for b in BACKENDS])
 def test_builtin_neurons_do_not_depend_on_x64(backend):
     """LIF and PLIF (the neurons of the bug report) on float32 inputs: a loss through their
     spikes and its gradient, equal bit for bit with x64 on and off."""
@@ -288,24 +303,31 @@ def test_builtin_neurons_do_not_depend_on_x64(backend):
 
 
 # -- the kernels lower for cuda and tpu with x64 on ----------------------------------------
-@pytest.mark.parametrize("platform, dtype", [("cuda", "float32"), ("cuda", "bfloat16"),
-                                             ("cuda", "float64"), ("tpu", "float32"),
-                                             ("tpu", "bfloat16")])  # Mosaic has no float64
-def test_kernels_lower_with_x64(platform, dtype):
+@pytest.mark.parametrize("platform, backend, dtype", [
+    ("cuda", "pallas", "float32"), ("cuda", "pallas", "bfloat16"), ("cuda", "pallas", "float64"),
+    ("tpu", "pallas", "float32"), ("tpu", "pallas", "bfloat16"),  # Mosaic has no float64
+    ("cuda", "pallas_mgpu", "float32"),
+    pytest.param("cuda", "pallas_mgpu", "bfloat16", marks=mgpu_full),
+    pytest.param("cuda", "pallas_mgpu", "float64", marks=mgpu_full)])
+def test_kernels_lower_with_x64(platform, backend, dtype):
     """Elementwise forward and backward and the engine's forward and BPTT, exported for the
-    accelerators with x64 on: each call leaves one kernel."""
+    accelerators with x64 on: each call leaves one kernel (Triton or Mosaic TPU for "pallas",
+    Mosaic GPU for "pallas_mgpu")."""
     sur = sg.Sigmoid(alpha=ALPHA)
+    # Mosaic GPU: K = 4 (its compile time grows with the unrolled chunk).
+    kw = {"config": mgpu_scan.MgpuScanConfig(chunk=K)} if backend == "pallas_mgpu" else {}
 
     def fn(x):
         def loss(x):
-            s = spikefuse.fire(x[0], 0.5, sur, backend="pallas")
+            s = spikefuse.fire(x[0], 0.5, sur, backend=backend)
             spikes = engine.run(_alif, (x, x), (0.0, 0.0),
                                 {"decay": 0.8, "thr": 1.0, "beta": 1.0, "rho": 0.9},
-                                surrogate=sur, backend="pallas")[0]
+                                surrogate=sur, backend=backend, **kw)[0]
             return jnp.sum(s * x[1]) + jnp.sum(spikes * x)
 
         return jax.grad(loss)(x)
 
     text = export_for(platform, fn, jax.ShapeDtypeStruct((T, 3, 333), dtype))
     # spike forward and backward, the scan forward and BPTT
-    assert text.count(KERNEL_CALL[platform]) == 4
+    call = MGPU_CALL if backend == "pallas_mgpu" else KERNEL_CALL[platform]
+    assert text.count(call) == 4

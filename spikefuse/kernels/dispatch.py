@@ -3,15 +3,24 @@
 Backends:
 
 * ``"reference"`` — pure jnp, compiled by XLA; the specification every kernel is tested against.
-* ``"pallas"`` — the Pallas kernels of the platform the computation is compiled for: Triton
-  kernels on GPU (``kernels/elementwise.py``, ``kernels/scan.py``), Mosaic kernels on TPU
-  (``kernels/tpu_elementwise.py``, ``kernels/tpu_scan.py``). The choice is made by
+* ``"pallas"`` — the Pallas kernels of the platform the computation is compiled for: on a GPU
+  one of two kernel families, chosen per operation by `gpu_family` (below): the Triton
+  kernels (``kernels/elementwise.py``, ``kernels/scan.py``) or the Mosaic GPU kernels
+  (``kernels/mgpu_elementwise.py``, ``kernels/mgpu_scan.py``); on a TPU the Mosaic TPU
+  kernels (``kernels/tpu_elementwise.py``, ``kernels/tpu_scan.py``). The choice is made by
   platform-specific lowering rules of the spike and neuron primitives, so
-  ``jax.export(..., platforms=["cuda"])`` gives the Triton kernels and
-  ``platforms=["tpu"]`` the Mosaic ones, from any machine. Compiling it for CPU raises a
-  clear error instead of falling back.
-* ``"interpret"`` — the GPU kernels in Pallas interpret mode: runs anywhere, slowly; tests
-  use it to check the GPU kernels on CPU.
+  ``jax.export(..., platforms=["cuda"])`` gives the GPU kernels and ``platforms=["tpu"]``
+  the TPU ones, from any machine. Compiling it for CPU raises a clear error instead of
+  falling back.
+* ``"pallas_triton"`` / ``"pallas_mgpu"`` — the user's explicit choice of GPU family: the
+  Triton or the Mosaic GPU kernels, compiled (GPU only; strict: an error where that family
+  cannot run, e.g. ``"pallas_triton"`` on a jax without the Pallas Triton lowering).
+* ``"interpret"`` — the Triton kernels in Pallas interpret mode: runs anywhere, slowly;
+  tests use it to check the Triton kernels on CPU.
+* ``"interpret_mgpu"`` — the Mosaic GPU kernels' bodies run by Pallas' interpreter (the grid
+  in order, each program seeing the whole arrays): runs anywhere, slowly, through every jax
+  transformation; tests use it to check the Mosaic GPU kernels on CPU (and call the kernels
+  directly in Mosaic GPU interpret mode, ``plgpu.InterpretGPUParams``, besides).
 * ``"interpret_tpu"`` — the TPU kernels in Pallas TPU interpret mode
   (``pltpu.InterpretParams``: the grid in order, VMEM scratch, TPU semantics): runs
   anywhere, slowly; tests use it to check the TPU kernels on CPU.
@@ -21,6 +30,20 @@ Precedence: a call's ``backend=`` argument, then ``use_backend(...)``, then
 ``set_backend(...)``, then the ``SPIKEFUSE_BACKEND`` environment variable (read when a call
 resolves, never at import), then ``"auto"``. Every name except ``"auto"`` is strict: it runs
 that implementation or raises, on every platform and for every operation.
+
+Which GPU family ``"pallas"`` compiles, and why
+-----------------------------------------------
+jax >= 0.11 deprecates the Pallas Triton lowering ("migrate to the Mosaic GPU backend"); a
+later jax will not have it. `gpu_family` decides per operation, while lowering for a GPU:
+
+* the Triton kernels while the installed jax has the Triton lowering and no GPU measurement
+  shows the Mosaic GPU kernels at least as fast (the table ``GPU_FAMILY``: every row is
+  ``"triton"`` today, because the Mosaic GPU kernels have not run on a GPU; the Triton ones
+  are the kernels measured on the H200, bench/RESULTS.md);
+* the Mosaic GPU kernels when jax has no Triton lowering.
+
+So nothing changes for users of jax 0.10-0.12, and a jax without Triton keeps ``"pallas"``
+working. ``"pallas_triton"`` / ``"pallas_mgpu"`` override the choice.
 
 What ``"auto"`` picks, and the measurement behind each choice
 --------------------------------------------------------------
@@ -65,22 +88,32 @@ import jax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from spikefuse.kernels import _compat
+
 __all__ = [
     "AUTO",
     "BACKENDS",
+    "COMPILED",
     "ENV_VAR",
+    "FAMILIES",
+    "GPU_FAMILY",
     "LOWERING_PLATFORMS",
     "OPS",
     "BackendUnavailableError",
     "accelerator_only",
+    "family_name",
     "get_backend",
+    "gpu_family",
     "kernel_target",
     "resolve",
     "set_backend",
     "use_backend",
 ]
 
-BACKENDS = ("auto", "reference", "pallas", "interpret", "interpret_tpu")
+BACKENDS = ("auto", "reference", "pallas", "pallas_triton", "pallas_mgpu", "interpret",
+            "interpret_mgpu", "interpret_tpu")
+# The backends that compile kernels (for a GPU or a TPU; never for a CPU).
+COMPILED = ("pallas", "pallas_triton", "pallas_mgpu")
 ENV_VAR = "SPIKEFUSE_BACKEND"
 OPS = ("elementwise", "neurons")
 
@@ -141,8 +174,7 @@ def use_backend(name: str):
 
 def resolve(backend: str | None = None, *, op: str = "elementwise",
             platform: str | None = None) -> str:
-    """The concrete backend (``"reference"``, ``"pallas"``, ``"interpret"`` or
-    ``"interpret_tpu"``) for a call.
+    """The concrete backend (any name of ``BACKENDS`` but ``"auto"``) for a call.
 
     Args:
       backend: the call's ``backend=`` argument; ``None`` takes the configured default
@@ -183,51 +215,102 @@ class BackendUnavailableError(RuntimeError):
 # platform, lowered as "cpu").
 LOWERING_PLATFORMS = (None, "cuda", "rocm", "tpu")
 
+# The kernel families: Pallas-Triton (GPU), Pallas Mosaic GPU (GPU), Pallas Mosaic (TPU).
+FAMILIES = ("triton", "mgpu", "tpu")
+_FAMILY_NAMES = {"triton": "Triton", "mgpu": "Mosaic GPU", "tpu": "Mosaic TPU"}
 
-def kernel_target(backend: str, platform: str) -> tuple[str, bool]:
-    """Which kernels a kernel backend runs when lowered for ``platform``.
+# The GPU family "pallas" compiles per operation while jax has both (see the module
+# docstring). A row turns to "mgpu" when a GPU measurement (bench/gpu_run.sh, recorded in
+# bench/RESULTS.md) shows the Mosaic GPU kernels at least as fast as the Triton ones for it.
+GPU_FAMILY = {
+    "elementwise": "triton",  # Mosaic GPU not yet run on a GPU
+    "neurons": "triton",  # Mosaic GPU not yet run on a GPU
+}
 
-    Args:
-      backend: ``"pallas"``, ``"interpret"`` or ``"interpret_tpu"``.
-      platform: the lowering platform (``"cuda"``, ``"rocm"``, ``"tpu"``, ``"cpu"``, ...).
 
-    Returns:
-      ``(family, interpret)``: ``family`` is ``"gpu"`` (the Triton kernels of
-      ``kernels/elementwise.py`` and ``kernels/scan.py``) or ``"tpu"`` (the Mosaic kernels
-      of ``kernels/tpu_elementwise.py`` and ``kernels/tpu_scan.py``); ``interpret`` says
-      whether they run in interpret mode (on any platform) instead of compiled.
+def gpu_family(op: str) -> str:
+    """The GPU kernel family ``"pallas"`` compiles for ``op``: ``"triton"`` or ``"mgpu"``.
 
-    Raises:
-      BackendUnavailableError: ``"pallas"`` lowered for a platform with neither.
+    ``GPU_FAMILY[op]`` while the installed jax has the Pallas Triton lowering, else
+    ``"mgpu"`` (decided when a computation is lowered for a GPU; the Triton lowering is
+    looked up then, not at import).
 
     Example:
       >>> from spikefuse.kernels import dispatch
-      >>> dispatch.kernel_target("pallas", "tpu"), dispatch.kernel_target("pallas", "cuda")
-      (('tpu', False), ('gpu', False))
-      >>> dispatch.kernel_target("interpret_tpu", "cpu")
-      ('tpu', True)
+      >>> dispatch.gpu_family("neurons")  # jax 0.10-0.12 have Triton; nothing measured yet
+      'triton'
     """
-    if backend == "interpret":
-        return "gpu", True
-    if backend == "interpret_tpu":
-        return "tpu", True
-    if backend != "pallas":
-        raise ValueError(f"backend must be 'pallas', 'interpret' or 'interpret_tpu', got "
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}; got {op!r}")
+    return GPU_FAMILY[op] if _compat.has_triton() else "mgpu"
+
+
+def kernel_target(backend: str, platform: str, op: str = "elementwise") -> tuple[str, bool]:
+    """Which kernels a kernel backend runs when lowered for ``platform``.
+
+    Args:
+      backend: a kernel backend: ``"pallas"``, ``"pallas_triton"``, ``"pallas_mgpu"``,
+        ``"interpret"``, ``"interpret_mgpu"`` or ``"interpret_tpu"``.
+      platform: the lowering platform (``"cuda"``, ``"rocm"``, ``"tpu"``, ``"cpu"``, ...).
+      op: the operation (``"elementwise"`` or ``"neurons"``): on a GPU, ``"pallas"`` takes
+        its family from `gpu_family`.
+
+    Returns:
+      ``(family, interpret)``: ``family`` is ``"triton"`` (the kernels of
+      ``kernels/elementwise.py`` and ``kernels/scan.py``), ``"mgpu"`` (Mosaic GPU:
+      ``kernels/mgpu_elementwise.py``, ``kernels/mgpu_scan.py``) or ``"tpu"`` (Mosaic TPU:
+      ``kernels/tpu_elementwise.py``, ``kernels/tpu_scan.py``); ``interpret`` says whether
+      they run interpreted (on any platform) instead of compiled.
+
+    Raises:
+      BackendUnavailableError: a compiled backend lowered for a platform it cannot compile
+        for, or a Triton backend on a jax without the Pallas Triton lowering (the message
+        names the family and the jax version).
+
+    Example:
+      >>> from spikefuse.kernels import dispatch
+      >>> dispatch.kernel_target("pallas", "tpu"), dispatch.kernel_target("pallas_mgpu", "cuda")
+      (('tpu', False), ('mgpu', False))
+      >>> dispatch.kernel_target("interpret_mgpu", "cpu")
+      ('mgpu', True)
+    """
+    interpreted = {"interpret": "triton", "interpret_mgpu": "mgpu", "interpret_tpu": "tpu"}
+    if backend in interpreted:
+        family, interpret = interpreted[backend], True
+    elif backend not in COMPILED:
+        raise ValueError(f"backend must be one of {COMPILED + tuple(interpreted)}, got "
                          f"{backend!r}")
-    if platform == "tpu":
-        return "tpu", False
-    if platform in ("cuda", "rocm", "gpu"):
-        return "gpu", False
-    _refuse(platform)
-    raise AssertionError("unreachable")
+    elif platform in ("cuda", "rocm", "gpu"):
+        family, interpret = {"pallas": None, "pallas_triton": "triton",
+                             "pallas_mgpu": "mgpu"}[backend] or gpu_family(op), False
+    elif platform == "tpu" and backend == "pallas":
+        family, interpret = "tpu", False
+    else:
+        _refuse(platform, backend)
+        raise AssertionError("unreachable")
+    if family == "triton" and not _compat.has_triton():
+        raise BackendUnavailableError(
+            f"spikefuse backend {backend!r} runs the Triton kernel family, but jax "
+            f"{_compat.jax_version()} has no Pallas Triton lowering (deprecated since jax "
+            "0.11). Use 'pallas' (which compiles the Mosaic GPU kernels there), "
+            "'pallas_mgpu', or 'interpret_mgpu' to interpret them.")
+    return family, interpret
 
 
-def _refuse(platform, *_):
+def family_name(family: str) -> str:
+    """A kernel family's name for messages: ``"Triton"``, ``"Mosaic GPU"``, ``"Mosaic TPU"``."""
+    return _FAMILY_NAMES[family]
+
+
+def _refuse(platform, backend="pallas"):
+    what = {"pallas": "Pallas kernels for GPU (Triton or Mosaic GPU) or TPU (Mosaic TPU)",
+            "pallas_triton": "the Triton kernels for a GPU",
+            "pallas_mgpu": "the Mosaic GPU kernels for a GPU"}[backend]
     raise BackendUnavailableError(
-        f"spikefuse backend 'pallas' compiles Pallas kernels for GPU (Triton) or TPU "
-        f"(Mosaic) and cannot compile for {platform}. Use backend='interpret' or "
-        "'interpret_tpu' (the GPU or TPU kernels, interpreted) or 'reference', or 'auto' "
-        "to pick per platform."
+        f"spikefuse backend {backend!r} compiles {what} and cannot compile for {platform} "
+        f"(jax {_compat.jax_version()}). Use backend='interpret', 'interpret_mgpu' or "
+        "'interpret_tpu' (the Triton, Mosaic GPU or TPU kernels, interpreted) or "
+        "'reference', or 'auto' to pick per platform."
     )
 
 
@@ -237,16 +320,29 @@ def _refuse(platform, *_):
 # CPU-only machine included) goes through untouched; there the primitives' own
 # platform-specific lowering rules pick the Triton or the Mosaic kernels.
 _guard_p = Primitive("spikefuse_accelerator_only")
-_guard_p.def_abstract_eval(lambda x: x)
-_guard_jit = jax.jit(_guard_p.bind)
-_guard_p.def_impl(lambda x: _guard_jit(x))  # eager calls compile too, so they check
-ad.primitive_jvps[_guard_p] = lambda primals, tangents: (_guard_p.bind(*primals), tangents[0])
-batching.primitive_batchers[_guard_p] = lambda args, dims: (_guard_p.bind(*args), dims[0])
-mlir.register_lowering(_guard_p, mlir.lower_fun(lambda x: x, multiple_results=False))
-mlir.register_lowering(_guard_p, functools.partial(_refuse, "cpu"), platform="cpu")
+_guard_p.def_abstract_eval(lambda x, *, backend: x)
 
 
-def accelerator_only(x):
+@functools.cache
+def _guard_jit(backend):
+    return jax.jit(functools.partial(_guard_p.bind, backend=backend))
+
+
+_guard_p.def_impl(lambda x, *, backend: _guard_jit(backend)(x))  # eager calls compile too
+ad.primitive_jvps[_guard_p] = lambda primals, tangents, *, backend: (
+    _guard_p.bind(*primals, backend=backend), tangents[0])
+batching.primitive_batchers[_guard_p] = lambda args, dims, *, backend: (
+    _guard_p.bind(*args, backend=backend), dims[0])
+mlir.register_lowering(_guard_p, mlir.lower_fun(lambda x, *, backend: x,
+                                                multiple_results=False))
+mlir.register_lowering(_guard_p, lambda ctx, x, *, backend: _refuse("cpu", backend),
+                       platform="cpu")
+
+
+def accelerator_only(x, backend: str = "pallas"):
     """``x`` unchanged, but compiling the computation for CPU raises
-    ``BackendUnavailableError`` (lowering for cuda or tpu is unaffected)."""
-    return _guard_p.bind(x)
+    ``BackendUnavailableError`` naming ``backend`` (one of ``COMPILED``); lowering for cuda
+    or tpu is unaffected."""
+    if backend not in COMPILED:
+        raise ValueError(f"backend must be one of {COMPILED}, got {backend!r}")
+    return _guard_p.bind(x, backend=backend)

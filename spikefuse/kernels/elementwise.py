@@ -31,12 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plt
 from jax.typing import ArrayLike, DTypeLike
 
+from spikefuse.kernels import _compat
 from spikefuse.kernels.sharding import check_interpret, match_varying, out_struct
 
-__all__ = ["ElementwiseConfig", "default_config", "heaviside", "grad_mul"]
+__all__ = ["ElementwiseConfig", "default_config", "heaviside", "grad_mul", "spike_math"]
 
 # Elements one call may cover: in-kernel indices are int32 and reach n + block_size - 1.
 _INDEX_LIMIT = 2**31
@@ -209,11 +209,21 @@ def _chunks(n: int, block_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
+def _triton():
+    plt = _compat.pallas_triton()
+    if plt is None:
+        raise ImportError(f"the Triton kernels need jax's Pallas Triton lowering, which jax "
+                          f"{_compat.jax_version()} does not have; use the Mosaic GPU "
+                          "kernels (spikefuse.kernels.mgpu_elementwise)")
+    return plt
+
+
 def _pallas(operands, n, is_scalar, grad_fn, compute_dtype, out_dtype, interpret, config):
+    plt = _triton()  # imported lazily: spikefuse imports on a jax without Triton
     block = config.block_size
     kernel = functools.partial(
         _kernel, n=n, block=block, ragged=n % block != 0, is_scalar=is_scalar,
-        grad_fn=grad_fn, compute_dtype=compute_dtype)
+        grad_fn=grad_fn, compute_dtype=compute_dtype, plt=plt)
     block_spec = pl.BlockSpec((block,), lambda i: (i,))
     scalar_spec = pl.BlockSpec((1,), lambda i: (0,))
     compiler_params = None if interpret else plt.CompilerParams(
@@ -232,7 +242,19 @@ def _pallas(operands, n, is_scalar, grad_fn, compute_dtype, out_dtype, interpret
     )(*operands)
 
 
-def _kernel(*refs, n, block, ragged, is_scalar, grad_fn, compute_dtype):
+def spike_math(values: Sequence[jax.Array],
+               grad_fn: Callable[..., jax.Array] | None) -> jax.Array:
+    """The computation of every family's elementwise kernel body, on loaded values in the
+    compute dtype ``(x, thr, [t, *params])``: ``x - thr >= 0`` (NaN gives False) when
+    ``grad_fn`` is None, else ``t * grad_fn(x - thr, *params)``."""
+    d = values[0] - values[1]  # x - thr, in the compute dtype
+    if grad_fn is None:
+        return d >= 0  # NaN compares false -> 0
+    t, *params = values[2:]
+    return t * grad_fn(d, *params)
+
+
+def _kernel(*refs, n, block, ragged, is_scalar, grad_fn, compute_dtype, plt):
     # refs: x_ref [BLOCK], thr_ref [BLOCK] or [1], (t_ref [BLOCK], *p_refs [BLOCK] or [1]),
     #       o_ref [BLOCK]. grad_fn None (heaviside) or not (grad_mul) is the only variant.
     *in_refs, o_ref = refs
@@ -255,13 +277,7 @@ def _kernel(*refs, n, block, ragged, is_scalar, grad_fn, compute_dtype):
         return value.astype(compute_dtype)
 
     values = [load(ref, s) for ref, s in zip(in_refs, is_scalar)]
-    d = values[0] - values[1]  # x - thr, in the compute dtype
-    if grad_fn is not None:
-        t, *params = values[2:]
-        out = t * grad_fn(d, *params)
-    else:
-        out = d >= 0  # NaN compares false -> 0
-    out = jnp.broadcast_to(out, (block,)).astype(o_ref.dtype)
+    out = jnp.broadcast_to(spike_math(values, grad_fn), (block,)).astype(o_ref.dtype)
     if mask is None:
         o_ref[...] = out
     else:

@@ -76,13 +76,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plt
 
+from spikefuse.kernels import _compat
 from spikefuse.kernels._compat import silence_triton_deprecation
 from spikefuse.kernels.sharding import check_interpret, match_varying, out_struct
 
-__all__ = ["ScanConfig", "cells", "check_size", "default_config", "num_checkpoints",
-           "residual_bytes_per_step", "scan_backward", "scan_forward", "step_vjp"]
+__all__ = ["TRITON", "Family", "ScanConfig", "backward", "cells", "check_size",
+           "default_config", "forward", "num_checkpoints", "residual_bytes_per_step",
+           "scan_backward", "scan_forward", "step_vjp"]
 
 _INDEX_LIMIT = 2**31
 # Programs wanted in flight: a few per SM on a 132-SM H100/H200, so that whole SMs do not
@@ -207,12 +208,6 @@ def _check_operands(xs, init, params, config):
     return T, N, cdt
 
 
-def _compiler_params(config, interpret):
-    if interpret:
-        return None
-    return plt.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
-
-
 def _vec_spec(p, block):
     if p.shape[0] == 1:
         return pl.BlockSpec((1,), lambda i: (0,))
@@ -223,6 +218,17 @@ def _rows_spec(rows, block):
     return pl.BlockSpec((rows, block), lambda i: (0, i))
 
 
+def _spec(shape, block, *, result=False):
+    """A Triton program's block of an operand or result: ``[rows, block]`` of a ``[rows, N]``
+    array, ``[block]`` of an ``[N]`` one; of an operand of one element (a scalar shared by
+    all neurons), the whole of it. (A result always has N elements, one per neuron.)"""
+    if len(shape) == 2:
+        return _rows_spec(shape[0], block)
+    if result:
+        return pl.BlockSpec((block,), lambda i: (i,))
+    return _vec_spec(jax.ShapeDtypeStruct(shape, jnp.float32), block)
+
+
 def _kinds(vecs) -> tuple[bool, ...]:
     # True: a [1] scalar broadcast to the block; False: a per-neuron [N] array. (With N = 1
     # both mean the same; the scalar path is taken, matching `_vec_spec`.)
@@ -230,10 +236,14 @@ def _kinds(vecs) -> tuple[bool, ...]:
 
 
 class _Rows:
-    """Masked row access to a program's block of ``[rows, N]`` / ``[N]`` refs."""
+    """Masked row access to a Triton program's block of ``[rows, N]`` / ``[N]`` refs.
 
-    def __init__(self, block, n, cdt):
-        self.block, self.cdt = block, cdt
+    The kernel bodies below reach memory only through such an object (``load``, ``store``
+    of one row; ``vec`` of a per-neuron or scalar operand), so that the Mosaic GPU family
+    (`mgpu_scan`) runs the same bodies with its own row access."""
+
+    def __init__(self, block, n, cdt, *, plt):
+        self.block, self.cdt, self.plt = block, cdt, plt
         idx = pl.program_id(0) * block + jnp.arange(block, dtype=jnp.int32)
         self.mask = idx < n
         self.zero = jnp.zeros((block,), cdt)
@@ -253,11 +263,11 @@ class _Rows:
             return self.zero
         at, mask = self._at(ref, t, valid)
         # `other` in the ref's dtype: a Python 0 would be int64 under jax_enable_x64.
-        return plt.load(at, mask=mask, other=np.zeros((), ref.dtype)).astype(self.cdt)
+        return self.plt.load(at, mask=mask, other=np.zeros((), ref.dtype)).astype(self.cdt)
 
     def store(self, ref, value, t=None, valid=None):
         at, mask = self._at(ref, t, valid)
-        plt.store(at, value.astype(ref.dtype), mask=mask)
+        self.plt.store(at, value.astype(ref.dtype), mask=mask)
 
     def vec(self, ref, scalar):
         if scalar:
@@ -285,25 +295,63 @@ def _fori_loop(n, body, init):
     return jax.lax.scan(scan_body, (np.int32(0), init), None, length=n)[0][1]
 
 
-def _pallas(kernel, operands, in_specs, out_shape, out_specs, N, config, interpret, name):
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a kernel family plugs into the shared kernel bodies of this module.
+
+    Attributes:
+      rows: ``rows(block, n, cdt)`` -> the row access object of one program (see `_Rows`).
+      launch: ``launch(kernel, operands, out_shape, N, config, interpret, name)`` -> the
+        results of running ``kernel`` over the neuron blocks (``out_shape``: a list of
+        ``jax.ShapeDtypeStruct``).
+      lowerable: maps a function traced inside a kernel body (the step, one step of BPTT) to
+        an equal one the family's kernel compiler can lower (the identity for Triton).
+    """
+
+    rows: Callable
+    launch: Callable
+    lowerable: Callable = lambda fn: fn
+
+
+def _triton_launch(kernel, operands, out_shape, N, config, interpret, name):
+    plt = _triton()
+    block = config.block
+    compiler_params = None if interpret else plt.CompilerParams(
+        num_warps=config.num_warps, num_stages=config.num_stages)
     with silence_triton_deprecation():
         return pl.pallas_call(
             kernel,
             out_shape=out_shape,
-            grid=(pl.cdiv(N, config.block),),
-            in_specs=in_specs,
-            out_specs=out_specs,
-            compiler_params=_compiler_params(config, interpret),
+            grid=(pl.cdiv(N, block),),
+            in_specs=[_spec(o.shape, block) for o in operands],
+            out_specs=[_spec(o.shape, block, result=True) for o in out_shape],
+            compiler_params=compiler_params,
             interpret=interpret,
             name=name,
         )(*operands)
+
+
+def _triton():
+    plt = _compat.pallas_triton()
+    if plt is None:
+        raise ImportError(f"the Triton kernels need jax's Pallas Triton lowering, which jax "
+                          f"{_compat.jax_version()} does not have; use the Mosaic GPU "
+                          "kernels (spikefuse.kernels.mgpu_scan)")
+    return plt
+
+
+def _triton_rows(block, n, cdt):
+    return _Rows(block, n, cdt, plt=_triton())
+
+
+TRITON = Family(rows=_triton_rows, launch=_triton_launch)
 
 
 # -- forward ------------------------------------------------------------------------------
 def scan_forward(step: Callable, xs: Sequence, init: Sequence, params: Sequence, *,
                  out_dtypes: Sequence, final_dtypes: Sequence, config: ScanConfig,
                  interpret: bool, save_checkpoints: bool):
-    """Runs ``step`` over T for N neurons in one kernel.
+    """Runs ``step`` over T for N neurons in one Triton kernel.
 
     Args:
       step: ``step(state, xs, params) -> (outs, new_state)`` on flat tuples, static.
@@ -322,6 +370,16 @@ def scan_forward(step: Callable, xs: Sequence, init: Sequence, params: Sequence,
       and (when ``save_checkpoints``) ``[n_ck, N]`` checkpoints per state leaf in the
       compute dtype, else ``()``.
     """
+    return forward(TRITON, step, xs, init, params, out_dtypes=out_dtypes,
+                   final_dtypes=final_dtypes, config=config, interpret=interpret,
+                   save_checkpoints=save_checkpoints)
+
+
+def forward(family: Family, step: Callable, xs: Sequence, init: Sequence, params: Sequence,
+            *, out_dtypes: Sequence, final_dtypes: Sequence, config, interpret,
+            save_checkpoints: bool):
+    """`scan_forward` with the kernel ``family``'s row access and launch (``config`` has the
+    ``block``, ``chunk`` and ``prefetch`` of `ScanConfig`)."""
     xs, init, params = tuple(xs), tuple(init), tuple(params)
     T, N, cdt = _check_operands(xs, init, params, config)
     K, block, m = config.chunk, config.block, len(init)
@@ -331,26 +389,22 @@ def scan_forward(step: Callable, xs: Sequence, init: Sequence, params: Sequence,
     kernel = functools.partial(
         _forward_kernel, step=step, n=N, T=T, K=K, block=block, cdt=cdt, n_x=len(xs),
         init_kinds=_kinds(init), kinds=_kinds(params), n_out=len(out_dtypes), n_ck=n_ck,
-        prefetch=config.prefetch)
-    check_interpret((*xs, *init, *params), interpret)
+        prefetch=config.prefetch, rows=family.rows, lowerable=family.lowerable)
+    check_interpret((*xs, *init, *params), interpret is not False)
     operands = match_varying(*xs, *init, *params)  # inside a shard_map: one varying set
     like = operands[0]
     out_shape = [out_struct((T, N), dt, like) for dt in out_dtypes]
     out_shape += [out_struct((N,), dt, like) for dt in final_dtypes]
-    out_specs = [_rows_spec(T, block)] * len(out_dtypes)
-    out_specs += [pl.BlockSpec((block,), lambda i: (i,))] * len(final_dtypes)
     if n_ck:
         out_shape += [out_struct((n_ck, N), cdt, like) for _ in range(m)]
-        out_specs += [_rows_spec(n_ck, block)] * m
-    in_specs = [_rows_spec(T, block)] * len(xs) + [_vec_spec(p, block) for p in (*init, *params)]
-    res = _pallas(kernel, operands, in_specs, out_shape, out_specs, N, config, interpret,
-                  "spikefuse_scan_fwd")
+    res = family.launch(kernel, operands, out_shape, N, config, interpret,
+                        "spikefuse_scan_fwd")
     n_out, n_fin = len(out_dtypes), len(final_dtypes)
     return tuple(res[:n_out]), tuple(res[n_out:n_out + n_fin]), tuple(res[n_out + n_fin:])
 
 
 def _forward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n_out, n_ck,
-                    prefetch):
+                    prefetch, rows, lowerable):
     it = iter(refs)
     x_refs = _take(it, n_x)  # [T, block] each
     init_refs = _take(it, len(init_kinds))  # [1] or [block] each
@@ -359,8 +413,9 @@ def _forward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n_
     fin_refs = _take(it, len(init_kinds))  # [block] each
     ck_refs = tuple(it)  # [n_ck, block] each, when checkpoints are saved
 
-    rows = _Rows(block, n, cdt)
+    rows = rows(block, n, cdt)
     params = tuple(rows.vec(r, k) for r, k in zip(p_refs, kinds))
+    step = lowerable(step)
     n_full, rem = divmod(T, K)
 
     def load_chunk(t0, steps, valid=None):
@@ -391,8 +446,7 @@ def _forward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n_
                 rows.store(ref, v, jnp.minimum(c, n_ck - 1), valid=c < n_ck)
             return state, nxt
 
-        state = _fori_loop(n_full, body,
-                                  (state, load_chunk(0, K) if prefetch else ()))[0]
+        state = _fori_loop(n_full, body, (state, load_chunk(0, K) if prefetch else ()))[0]
     if rem:
         state = run_chunk(n_full * K, state, load_chunk(n_full * K, rem))
     for ref, v in zip(fin_refs, state):
@@ -404,7 +458,7 @@ def scan_backward(step: Callable, xs: Sequence, init: Sequence, cks: Sequence,
                   params: Sequence, d_outs: Sequence, d_finals: Sequence, *,
                   config: ScanConfig, interpret: bool, want_x: Sequence[bool],
                   want_init: Sequence[bool], want_params: Sequence[bool]):
-    """BPTT through `scan_forward`'s computation, in one kernel.
+    """BPTT through `scan_forward`'s computation, in one Triton kernel.
 
     Args:
       step, xs, init, params, config, interpret: as given to `scan_forward`.
@@ -420,6 +474,15 @@ def scan_backward(step: Callable, xs: Sequence, init: Sequence, cks: Sequence,
       ``[N]`` in the compute dtype (parameters' summed over time). The caller reduces
       ``[N]`` gradients of ``[1]`` operands to their shape.
     """
+    return backward(TRITON, step, xs, init, cks, params, d_outs, d_finals, config=config,
+                    interpret=interpret, want_x=want_x, want_init=want_init,
+                    want_params=want_params)
+
+
+def backward(family: Family, step: Callable, xs: Sequence, init: Sequence, cks: Sequence,
+             params: Sequence, d_outs: Sequence, d_finals: Sequence, *, config, interpret,
+             want_x: Sequence[bool], want_init: Sequence[bool], want_params: Sequence[bool]):
+    """`scan_backward` with the kernel ``family``'s row access and launch."""
     xs, init, cks, params = tuple(xs), tuple(init), tuple(cks), tuple(params)
     d_outs, d_finals = tuple(d_outs), tuple(d_finals)
     T, N, cdt = _check_operands(xs, init, params, config)
@@ -437,25 +500,19 @@ def scan_backward(step: Callable, xs: Sequence, init: Sequence, cks: Sequence,
         has_dout=tuple(d is not None for d in d_outs),
         has_dfin=tuple(d is not None for d in d_finals), want_x=tuple(map(bool, want_x)),
         want_init=tuple(map(bool, want_init)), want_params=tuple(map(bool, want_params)),
-        prefetch=config.prefetch)
+        prefetch=config.prefetch, rows=family.rows, lowerable=family.lowerable)
     present_outs = [d for d in d_outs if d is not None]
     present_fins = [d for d in d_finals if d is not None]
     operands = [*xs, *init, *cks, *params, *present_outs, *present_fins]
-    in_specs = ([_rows_spec(T, block)] * len(xs) + [_vec_spec(v, block) for v in init]
-                + [_rows_spec(n_ck, block)] * len(cks) + [_vec_spec(p, block) for p in params]
-                + [_rows_spec(T, block)] * len(present_outs)
-                + [pl.BlockSpec((block,), lambda i: (i,))] * len(present_fins))
-    check_interpret(operands, interpret)
+    check_interpret(operands, interpret is not False)
     operands = match_varying(*operands)  # inside a shard_map: one set of varying axes
     like = operands[0]
     x_out = [i for i, w in enumerate(want_x) if w]
     n_vec = sum(map(bool, want_init)) + sum(map(bool, want_params))
     out_shape = [out_struct((T, N), xs[i].dtype, like) for i in x_out]
     out_shape += [out_struct((N,), cdt, like) for _ in range(n_vec)]
-    out_specs = ([_rows_spec(T, block)] * len(x_out)
-                 + [pl.BlockSpec((block,), lambda i: (i,))] * n_vec)
-    res = iter(_pallas(kernel, operands, in_specs, out_shape, out_specs, N, config,
-                       interpret, "spikefuse_scan_bwd"))
+    res = iter(family.launch(kernel, operands, out_shape, N, config, interpret,
+                             "spikefuse_scan_bwd"))
     dxs = tuple(next(res) if w else None for w in want_x)
     dinit = tuple(next(res) if w else None for w in want_init)
     dparams = tuple(next(res) if w else None for w in want_params)
@@ -485,7 +542,8 @@ def step_vjp(step: Callable, state: tuple, xs: tuple, params: tuple, wx: Sequenc
 
 
 def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n_ck,
-                     has_dout, has_dfin, want_x, want_init, want_params, prefetch):
+                     has_dout, has_dfin, want_x, want_init, want_params, prefetch, rows,
+                     lowerable):
     m = len(init_kinds)
     it = iter(refs)
     x_refs = _take(it, n_x)  # [T, block] each
@@ -498,7 +556,7 @@ def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n
     dinit_refs = tuple(next(it) if w else None for w in want_init)  # [block] each
     dp_refs = tuple(next(it) if w else None for w in want_params)  # [block] each
 
-    rows = _Rows(block, n, cdt)
+    rows = rows(block, n, cdt)
     params = tuple(rows.vec(r, k) for r, k in zip(p_refs, kinds))
     init = tuple(rows.vec(r, k) for r, k in zip(init_refs, init_kinds))
     wx = tuple(i for i, w in enumerate(want_x) if w)
@@ -519,12 +577,16 @@ def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n
             start = init
         else:
             row = _clamp(c - 1, n_ck - 1)
-            start = tuple(jnp.where(c == 0, v0, rows.load(r, row, valid))
+            first = jnp.full((block,), c == 0)  # a row of predicates: Mosaic GPU has no
+            start = tuple(jnp.where(first, v0, rows.load(r, row, valid))  # scalar select
                           for v0, r in zip(init, ck_refs))
         return start, xs, dos
 
+    @lowerable
     def vjp_step(state, x, d_out, d_state):
         return step_vjp(step, state, x, params, wx, wp, d_out, d_state)
+
+    forward_step = lowerable(step)
 
     def reverse_chunk(t0, steps, chunk, d_state, acc):
         start, xs, dos = chunk
@@ -533,7 +595,7 @@ def _backward_kernel(*refs, step, n, T, K, block, cdt, n_x, init_kinds, kinds, n
         for k in range(steps):
             before.append(state)
             if k + 1 < steps:
-                state = tuple(step(state, xs[k], params)[1])
+                state = tuple(forward_step(state, xs[k], params)[1])
         for k in reversed(range(steps)):
             d_state, dxw, dpw = vjp_step(before[k], xs[k], dos[k], d_state)
             for i, g in zip(wx, dxw):

@@ -275,10 +275,10 @@ def check_interpret(args, interpret: bool) -> None:
     interpreter does not track them (it fails deep inside with a ``pad`` or ``ge``)."""
     if interpret and any(_varying(a) for a in args):
         raise ValueError(
-            "backend='interpret' or 'interpret_tpu' cannot run inside a jax.shard_map with "
-            "check_vma=True: jax's Pallas interpreter does not track varying mesh axes. Pass "
-            "check_vma=False to jax.shard_map, or use backend='reference' (or 'pallas' on a "
-            "GPU or TPU, which does).")
+            "backend='interpret', 'interpret_mgpu' or 'interpret_tpu' cannot run inside a "
+            "jax.shard_map with check_vma=True: jax's Pallas interpreter does not track "
+            "varying mesh axes. Pass check_vma=False to jax.shard_map, or use "
+            "backend='reference' (or 'pallas' on a GPU or TPU, which does).")
 
 
 def out_struct(shape, dtype, like) -> jax.ShapeDtypeStruct:

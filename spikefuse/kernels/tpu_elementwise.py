@@ -49,6 +49,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.typing import ArrayLike, DTypeLike
 
+from spikefuse.kernels.elementwise import spike_math
 from spikefuse.kernels.sharding import check_interpret, match_varying, out_struct
 
 __all__ = ["TpuElementwiseConfig", "Interpret", "default_config", "grad_mul", "heaviside",
@@ -281,10 +282,4 @@ def _kernel(*refs, kinds, grad_fn, compute_dtype, block):
         return ref[...].astype(compute_dtype)  # [bm, bd], or [1, bd] broadcast below
 
     values = [load(ref, k) for ref, k in zip(in_refs, kinds)]
-    d = values[0] - values[1]  # x - thr, in the compute dtype
-    if grad_fn is not None:
-        t, *params = values[2:]
-        out = t * grad_fn(d, *params)
-    else:
-        out = d >= 0  # NaN compares false -> 0
-    o_ref[...] = jnp.broadcast_to(out, block).astype(o_ref.dtype)
+    o_ref[...] = jnp.broadcast_to(spike_math(values, grad_fn), block).astype(o_ref.dtype)

@@ -5,11 +5,13 @@
 * Built-ins on that engine: ``IF`` / ``LIF`` / ``PLIF`` / ``ALIF`` (pytree classes) and
   ``integrate_fire`` / ``lif`` / ``plif`` / ``alif`` (functionals).
 
-The ``"reference"`` backend is a ``lax.scan`` of the step; ``"pallas"`` / ``"interpret"`` /
-``"interpret_tpu"`` run the fused forward and BPTT scan kernels (``ScanConfig`` configures
-the GPU ones, ``TpuScanConfig`` the TPU ones).
+The ``"reference"`` backend is a ``lax.scan`` of the step; the kernel backends (``"pallas"``
+and the others of ``kernels.dispatch``) run the fused forward and BPTT scan kernels
+(``ScanConfig`` configures the Triton ones, ``MgpuScanConfig`` the Mosaic GPU ones,
+``TpuScanConfig`` the TPU ones).
 """
 
+from spikefuse.kernels.mgpu_scan import MgpuScanConfig as MgpuScanConfig
 from spikefuse.kernels.scan import ScanConfig as ScanConfig
 from spikefuse.kernels.tpu_scan import TpuScanConfig as TpuScanConfig
 from spikefuse.neurons.builtin import ALIF as ALIF
@@ -22,5 +24,5 @@ from spikefuse.neurons.builtin import lif as lif
 from spikefuse.neurons.builtin import plif as plif
 from spikefuse.neurons.engine import multistep as multistep
 
-__all__ = ["ALIF", "IF", "LIF", "PLIF", "ScanConfig", "TpuScanConfig", "alif",
+__all__ = ["ALIF", "IF", "LIF", "MgpuScanConfig", "PLIF", "ScanConfig", "TpuScanConfig", "alif",
            "integrate_fire", "lif", "multistep", "plif"]

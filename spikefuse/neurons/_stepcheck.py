@@ -11,12 +11,12 @@ refused with the step's name, on every backend, rather than computing something 
 per backend. Closed-over traced values or arrays (rather than ``params``) are refused too:
 the kernels see one block of neurons, not a whole array.
 
-`check_lowerable` asks the Pallas lowering of the target (Triton on GPU, Mosaic on TPU)
-whether it has a rule for every primitive of the kernel bodies (the step and its
-derivative), so an operation the kernel cannot compile (``lax.erf`` or a ``custom_vjp`` on
-GPU, ``expm1`` or ``atan`` on TPU) is refused, naming the operation, instead of failing deep
-inside the kernel compiler. ``"pallas"`` runs it while lowering, for the platform lowered
-for.
+`check_lowerable` asks the Pallas lowering of the target kernel family (Triton or Mosaic GPU
+on a GPU, Mosaic on TPU) whether it has a rule for every primitive of the kernel bodies (the
+step and its derivative), so an operation the kernel cannot compile (``lax.erf`` or a
+``custom_vjp`` for Triton, ``expm1`` for Mosaic GPU and TPU) is refused, naming the
+operation, instead of failing deep inside the kernel compiler. The compiled backends run it
+while lowering, for the kernel family lowered for.
 """
 
 from __future__ import annotations
@@ -134,41 +134,57 @@ def check_elementwise(fn, args, *, name: str, what: str):
     return out_shape
 
 
-def _lowering_rules(platform: str):
-    if platform == "gpu":
-        from jax._src.pallas.triton import lowering
+def _lowering_rules(family: str):
+    """``(lowers, kernel)``: a predicate on (primitive, inside control flow) and the kernel's
+    name for messages."""
+    from spikefuse.kernels import _compat
 
-        return lowering.triton_lowering_rules, "the Pallas GPU (Triton) kernel"
-    if platform == "tpu":
+    if family == "triton":
+        rules = _compat.triton_lowering_rules()
+        return (lambda prim, nested: prim in rules), "the Pallas GPU (Triton) kernel"
+    if family == "mgpu":
+        from spikefuse.kernels import mgpu_elementwise
+
+        rules = _compat.mosaic_gpu_lowering_rules()
+        # Outside control flow the kernel bodies are rewritten first (`lowerable`).
+        rewritten = mgpu_elementwise.REWRITTEN
+        return ((lambda prim, nested: prim in rules or (not nested and prim.name in rewritten)),
+                "the Pallas GPU (Mosaic GPU) kernel")
+    if family == "tpu":
         from jax._src.pallas.mosaic import lowering as mosaic
         from jax.experimental.pallas import tpu as pltpu
 
         # Mosaic keeps one table per core type; the kernels run on the TensorCore.
-        return (mosaic.lowering_rules[pltpu.CoreType.TC],
-                "the Pallas TPU (Mosaic) kernel")
-    raise ValueError(f"no kernel lowering for platform {platform!r}")
+        rules = mosaic.lowering_rules[pltpu.CoreType.TC]
+        return (lambda prim, nested: prim in rules), "the Pallas TPU (Mosaic) kernel"
+    raise ValueError(f"no kernel lowering for kernel family {family!r}")
 
 
-def _first_unlowerable(jaxpr, rules) -> str | None:
+_CONTROL_FLOW = frozenset(("cond", "while", "scan"))
+
+
+def _first_unlowerable(jaxpr, lowers, nested=False) -> str | None:
     for eqn in jaxpr.eqns:
-        if eqn.primitive not in rules:
+        if not lowers(eqn.primitive, nested):
             return eqn.primitive.name
+        inner = nested or eqn.primitive.name in _CONTROL_FLOW
         for sub in jcore.jaxprs_in_params(eqn.params):
-            bad = _first_unlowerable(sub, rules)
+            bad = _first_unlowerable(sub, lowers, inner)
             if bad:
                 return bad
     return None
 
 
 def check_lowerable(bodies, *, platform: str, name: str, what: str, backend: str) -> None:
-    """Raises ValueError if a kernel body uses a primitive ``platform``'s Pallas lowering
-    (``"gpu"``: Triton, ``"tpu"``: Mosaic) has no rule for. ``bodies``: ``(description,
-    fn, args)`` triples, traced here."""
-    rules, kernel = _lowering_rules(platform)
+    """Raises ValueError if a kernel body uses a primitive the kernel family ``platform``'s
+    Pallas lowering (``"triton"``, ``"mgpu"``: Mosaic GPU, ``"tpu"``: Mosaic) has no rule
+    for. ``bodies``: ``(description, fn, args)`` triples, traced here."""
+    lowers, kernel = _lowering_rules(platform)
     for where, fn, args in bodies:
-        bad = _first_unlowerable(jax.make_jaxpr(fn)(*args).jaxpr, rules)
+        bad = _first_unlowerable(jax.make_jaxpr(fn)(*args).jaxpr, lowers)
         if bad is not None:
             raise ValueError(
                 f"{what}: the step {name} uses `{bad}` ({where}), which {kernel} cannot "
-                f"lower, so backend={backend!r} cannot run it; backend='reference' runs it "
-                "(or rewrite the step with operations the kernel supports).")
+                f"lower (jax {jax.__version__}), so backend={backend!r} cannot run it; "
+                "backend='reference' runs it (or rewrite the step with operations the kernel "
+                "supports).")

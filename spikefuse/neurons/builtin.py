@@ -2,10 +2,10 @@
 
 Classes (pytrees: numeric parameters are leaves, options static) and functionals run a
 neuron over ``x_seq`` ``[T, *shape]`` through `engine.run` with a step from ``dynamics.py``:
-the ``"reference"`` backend is a ``lax.scan`` of the step, ``"pallas"`` / ``"interpret"`` /
-``"interpret_tpu"``
-the fused scan kernels. Parameters that enter the step as a function of themselves
-(1/τ, PLIF's sigmoid(w), ALIF's ρ = exp(−1/τ_a)) are computed once, outside the loop.
+the ``"reference"`` backend is a ``lax.scan`` of the step, the kernel backends
+(``"pallas"`` and the others of ``kernels.dispatch``) the fused scan kernels. Parameters
+that enter the step as a function of themselves (1/τ, PLIF's sigmoid(w), ALIF's
+ρ = exp(−1/τ_a)) are computed once, outside the loop.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from spikefuse._checks import check_bool, real_array
-from spikefuse.kernels import scan, tpu_scan
+from spikefuse.kernels import mgpu_scan, scan, tpu_scan
 from spikefuse.neurons import dynamics, engine
 from spikefuse.surrogate import Sigmoid, Surrogate
 from spikefuse.surrogate._base import check_surrogate
+
+# A launch configuration of one kernel family (see `engine.run`).
+_Config = scan.ScanConfig | mgpu_scan.MgpuScanConfig | tpu_scan.TpuScanConfig
 
 __all__ = ["ALIF", "IF", "LIF", "PLIF", "alif", "integrate_fire", "lif", "plif"]
 
@@ -74,7 +77,7 @@ def _inv_tau(params: dict) -> dict:  # 1/τ, once, outside every loop
 def integrate_fire(x_seq, v0=None, *, v_threshold=1.0, v_reset=0.0, detach_reset=False,
                    surrogate: Surrogate | None = None, backend: str | None = None,
                    return_v_seq: bool = False, unroll: int | None = None,
-                   config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None):
+                   config: _Config | None = None):
     r"""Multi-step integrate-and-fire neuron over a whole sequence.
 
     For each step t (per neuron): :math:`h_t = v_{t-1} + x_t`,
@@ -91,11 +94,13 @@ def integrate_fire(x_seq, v0=None, *, v_threshold=1.0, v_reset=0.0, detach_reset
       detach_reset: the spike used in the reset carries no gradient.
       surrogate: any ``spikefuse.surrogate.Surrogate``; default ``Sigmoid()``.
       backend: ``None`` (configured default), ``"auto"``, ``"reference"``, ``"pallas"``,
-        ``"interpret"`` or ``"interpret_tpu"``.
+        ``"pallas_triton"``, ``"pallas_mgpu"``, ``"interpret"``, ``"interpret_mgpu"`` or
+        ``"interpret_tpu"``.
       return_v_seq: also return the membrane after each step.
       unroll: reference backend only: ``lax.scan`` steps per iteration (default
         ``reference.default_unroll(T)``).
-      config: fused backends only: a ``kernels.scan.ScanConfig`` (GPU kernels) or a
+      config: fused backends only: a ``kernels.scan.ScanConfig`` (Triton kernels), a
+        ``kernels.mgpu_scan.MgpuScanConfig`` (Mosaic GPU kernels) or a
         ``kernels.tpu_scan.TpuScanConfig`` (TPU kernels); default: their heuristics.
 
     Returns:
@@ -126,7 +131,7 @@ def integrate_fire(x_seq, v0=None, *, v_threshold=1.0, v_reset=0.0, detach_reset
 def lif(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
         detach_reset=False, surrogate: Surrogate | None = None, backend: str | None = None,
         return_v_seq: bool = False, unroll: int | None = None,
-        config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None):
+        config: _Config | None = None):
     r"""Multi-step leaky integrate-and-fire neuron over a whole sequence.
 
     Charge with time constant τ (:math:`v_r` = ``v_reset``, 0 for a soft reset):
@@ -165,7 +170,7 @@ def lif(x_seq, v0=None, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=Tr
 def plif(x_seq, v0=None, *, w=0.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
          detach_reset=False, surrogate: Surrogate | None = None, backend: str | None = None,
          return_v_seq: bool = False, unroll: int | None = None,
-         config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None):
+         config: _Config | None = None):
     r"""Multi-step parametric LIF neuron (Fang et al., ICCV 2021): a LIF with 1/τ = sigmoid(w).
 
     Exactly `lif` with :math:`1/\tau = \sigma(w)` (so τ > 1 for every real ``w``), where
@@ -209,7 +214,7 @@ def alif(x_seq, v0=None, a0=None, *, tau=2.0, tau_a=20.0, beta=1.8, v_threshold=
          v_reset=0.0, decay_input=True, detach_reset=False,
          surrogate: Surrogate | None = None, backend: str | None = None,
          return_states: bool = False, unroll: int | None = None,
-         config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None):
+         config: _Config | None = None):
     r"""Multi-step adaptive-threshold LIF neuron (after Bellec et al., NeurIPS 2018).
 
     State :math:`(v, a)`. Per step: :math:`h_t` = the LIF charge of :math:`v_{t-1}` (τ,

@@ -4,9 +4,10 @@
 contract of ``shared/spec/neurons.md``, "Any neuron") and runs it over ``x_seq``:
 
 * ``"reference"``: a ``lax.scan`` of the step, differentiated by JAX (`reference.run_reference`);
-* ``"pallas"`` / ``"interpret"`` / ``"interpret_tpu"``: one forward and one BPTT Pallas
-  kernel (``fused.py`` over ``kernels/scan.py`` on GPU, ``kernels/tpu_scan.py`` on TPU),
-  keeping only the state every K steps.
+* the kernel backends (``"pallas"``, ``"pallas_triton"``, ``"pallas_mgpu"`` and the
+  interpret ones): one forward and one BPTT Pallas kernel (``fused.py`` over
+  ``kernels/scan.py``, Triton, or ``kernels/mgpu_scan.py``, Mosaic GPU, on a GPU;
+  ``kernels/tpu_scan.py`` on TPU), keeping only the state every K steps.
 
 Both trace the same flat step (`FlatStep`: the user's step on flat tuples, with ``fire``
 bound to the surrogate), so they compute the same function. Every built-in neuron (IF, LIF,
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spikefuse._checks import check_bool, check_broadcast, real_array
-from spikefuse.kernels import dispatch, scan, sharding, tpu_scan
+from spikefuse.kernels import dispatch, mgpu_scan, scan, sharding, tpu_scan
 from spikefuse.neurons import _stepcheck, fused
 from spikefuse.neurons.reference import default_unroll, run_reference
 from spikefuse.surrogate import Sigmoid, Surrogate, _spike, grad_fn
@@ -230,43 +231,69 @@ def _check_traced(flat: FlatStep, name: str, x_avals, state_avals, param_avals):
                          f"{tuple(s.shape)}, but the neuron shape is {tuple(shape)}")
 
 
-def _kernel_configs(backend: str, config, T: int, N: int, dtype):
-    """``(GPU config, TPU config)`` for the kernel families ``backend`` may lower to (None
-    for one it cannot): ``"interpret"`` the GPU kernels, ``"interpret_tpu"`` the TPU ones,
-    ``"pallas"`` both (the platform decides while lowering), with one chunk K, the
-    caller's if given, so the checkpoints are the same whichever runs."""
-    gpu = config if isinstance(config, scan.ScanConfig) else None
-    tpu = config if isinstance(config, tpu_scan.TpuScanConfig) else None
-    if backend == "interpret" and tpu is not None:
-        raise TypeError("config: backend='interpret' runs the GPU kernels and needs a "
-                        "spikefuse.kernels.scan.ScanConfig, got a tpu_scan.TpuScanConfig")
-    if backend == "interpret_tpu" and gpu is not None:
-        raise TypeError("config: backend='interpret_tpu' runs the TPU kernels and needs a "
-                        "spikefuse.kernels.tpu_scan.TpuScanConfig, got a scan.ScanConfig")
-    if backend != "interpret_tpu" and gpu is None:
-        gpu = scan.default_config(T, N, dtype)
-        if tpu is not None:
-            gpu = dataclasses.replace(gpu, chunk=tpu.chunk)
-    if backend != "interpret" and tpu is None:
-        tpu = (tpu_scan.default_config(T, N, dtype) if gpu is None
-               else tpu_scan.TpuScanConfig(chunk=gpu.chunk))
-    return gpu, tpu
+# The launch configuration type of each kernel family, and the families a kernel backend
+# may lower to ("pallas": the platform, and on a GPU `dispatch.gpu_family`, decide).
+_CONFIG_TYPES = {"triton": scan.ScanConfig, "mgpu": mgpu_scan.MgpuScanConfig,
+                 "tpu": tpu_scan.TpuScanConfig}
+_BACKEND_FAMILIES = {"pallas": ("triton", "mgpu", "tpu"), "pallas_triton": ("triton",),
+                     "pallas_mgpu": ("mgpu",), "interpret": ("triton",),
+                     "interpret_mgpu": ("mgpu",), "interpret_tpu": ("tpu",)}
+_CONFIG_NAMES = {"triton": "spikefuse.kernels.scan.ScanConfig",
+                 "mgpu": "spikefuse.kernels.mgpu_scan.MgpuScanConfig",
+                 "tpu": "spikefuse.kernels.tpu_scan.TpuScanConfig"}
+
+
+def _default_chunk(families, T: int, N: int, dtype) -> int:
+    """K when the caller gives none: the Mosaic GPU heuristic's (at most 8) where that is
+    the GPU family that will run, else the Triton one's (which the TPU kernels share)."""
+    gpu = [f for f in families if f in ("triton", "mgpu")]
+    if len(gpu) == 2:  # "pallas": the family a GPU would compile
+        gpu = [dispatch.gpu_family("neurons")]
+    if gpu == ["mgpu"]:
+        return mgpu_scan.default_config(T, N, dtype).chunk
+    return scan.default_config(T, N, dtype).chunk
+
+
+def _kernel_configs(backend: str, config, T: int, N: int, dtype) -> dict:
+    """``{family: config}`` for the kernel families ``backend`` may lower to (see
+    ``_BACKEND_FAMILIES``), with one chunk K, the caller's if given, so the checkpoints are
+    the same whichever runs; the caller's config for its own family, defaults for others."""
+    families = _BACKEND_FAMILIES[backend]
+    given = next((f for f, t in _CONFIG_TYPES.items() if isinstance(config, t)), None)
+    if config is not None and given not in families:
+        wanted = " or ".join(_CONFIG_NAMES[f] for f in families)
+        raise TypeError(f"config: backend={backend!r} runs the "
+                        f"{'/'.join(dispatch.family_name(f) for f in families)} kernels and "
+                        f"needs a {wanted}, got a {type(config).__name__}")
+    chunk = config.chunk if config is not None else _default_chunk(families, T, N, dtype)
+
+    def default(family):  # (a caller's config is never replaced, nor a heuristic run for it)
+        if family == "triton":
+            return dataclasses.replace(scan.default_config(T, N, dtype), chunk=chunk)
+        if family == "mgpu":
+            return mgpu_scan.MgpuScanConfig(chunk=chunk)
+        return tpu_scan.TpuScanConfig(chunk=chunk)
+
+    return {f: config if f == given else default(f) for f in families}
 
 
 # -- backends -----------------------------------------------------------------------------
 def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
         backend: str | None = None, return_states: bool = False, unroll: int | None = None,
-        config: scan.ScanConfig | tpu_scan.TpuScanConfig | None = None,
+        config: scan.ScanConfig | mgpu_scan.MgpuScanConfig | tpu_scan.TpuScanConfig | None = None,
         derive: Callable | None = None, init_names: tuple[str, ...] | None = None):
     """`multistep` with the knobs of the built-in neurons.
 
     Args:
       unroll: reference backend: ``lax.scan`` steps per iteration (default
         `reference.default_unroll`).
-      config: fused backends: a ``kernels.scan.ScanConfig`` for the GPU kernels
-        (``"pallas"`` on a GPU, ``"interpret"``) or a ``kernels.tpu_scan.TpuScanConfig`` for
-        the TPU kernels (``"pallas"`` on a TPU, ``"interpret_tpu"``); ``"pallas"`` derives
-        the other family's from its chunk K. Default: each family's `default_config`.
+      config: fused backends: a ``kernels.scan.ScanConfig`` for the Triton kernels
+        (``"pallas"`` / ``"pallas_triton"`` on a GPU, ``"interpret"``), a
+        ``kernels.mgpu_scan.MgpuScanConfig`` for the Mosaic GPU kernels (``"pallas"`` /
+        ``"pallas_mgpu"`` on a GPU, ``"interpret_mgpu"``) or a
+        ``kernels.tpu_scan.TpuScanConfig`` for the TPU kernels (``"pallas"`` on a TPU,
+        ``"interpret_tpu"``); ``"pallas"`` derives the other families' from its chunk K.
+        Default: each family's `default_config`.
       derive: maps the validated ``params`` (leaves in the compute dtype) to the step's
         parameters, computed once outside the time loop and differentiated by JAX (e.g.
         ``1/tau``): errors name the caller's parameters, the step sees the derived ones.
@@ -299,8 +326,9 @@ def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
     if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, int)
                                or unroll < 1):
         raise ValueError(f"unroll must be a positive int, got {unroll!r}")
-    if config is not None and not isinstance(config, (scan.ScanConfig, tpu_scan.TpuScanConfig)):
-        raise TypeError(f"config must be a spikefuse.kernels.scan.ScanConfig (GPU kernels) "
+    if config is not None and not isinstance(config, tuple(_CONFIG_TYPES.values())):
+        raise TypeError(f"config must be a spikefuse.kernels.scan.ScanConfig (Triton kernels), "
+                        f"a spikefuse.kernels.mgpu_scan.MgpuScanConfig (Mosaic GPU kernels) "
                         f"or a spikefuse.kernels.tpu_scan.TpuScanConfig (TPU kernels), got "
                         f"{type(config).__name__}")
     flat = FlatStep(step, state_def, x_def, param_def, len(user_params), gfn,
@@ -316,16 +344,16 @@ def run(step, x_seq, init, params=None, *, surrogate: Surrogate | None = None,
         outs, finals = run_reference(dataclasses.replace(flat, reference=True), unroll,
                                      out_dtype, tuple(xs), tuple(init), all_params)
     else:
-        gpu_config, tpu_config = _kernel_configs(resolved, config, T, N, out_dtype)
-        if gpu_config is not None:
-            scan.check_size(T, N, gpu_config)
-        if tpu_config is not None:
-            tpu_scan.check_size(T, N, tpu_config)
-        if resolved == "pallas":
-            xs[0] = dispatch.accelerator_only(xs[0])  # compiling for CPU raises, no fallback
+        configs = _kernel_configs(resolved, config, T, N, out_dtype)
+        modules = {"triton": scan, "mgpu": mgpu_scan, "tpu": tpu_scan}
+        for family, cfg in configs.items():
+            modules[family].check_size(T, N, cfg)
+        if resolved in dispatch.COMPILED:  # compiling for CPU raises, no fallback
+            xs[0] = dispatch.accelerator_only(xs[0], resolved)
         spec = fused.Spec("fwd", flat, len(xs), len(init), len(all_params),
                           1 + len(init) * bool(return_states), jnp.dtype(out_dtype),
-                          resolved, gpu_config, tpu_config, name)
+                          resolved, configs.get("triton"), configs.get("tpu"),
+                          configs.get("mgpu"), name)
         outs, finals = fused.forward(spec, tuple(xs), tuple(init), all_params)
     final_state = jax.tree.unflatten(state_def, finals)
     if return_states:
@@ -370,7 +398,8 @@ def multistep(step, x_seq, init, params=None, *, surrogate: Surrogate | None = N
       surrogate: any ``spikefuse.surrogate.Surrogate`` (built-in or subclass; its parameters
         may be traced); default ``Sigmoid()``.
       backend: ``None`` (configured default), ``"auto"``, ``"reference"``, ``"pallas"``,
-        ``"interpret"`` or ``"interpret_tpu"``.
+        ``"pallas_triton"``, ``"pallas_mgpu"``, ``"interpret"``, ``"interpret_mgpu"`` or
+        ``"interpret_tpu"`` (``spikefuse.kernels.dispatch``).
       return_states: also return the state after every step.
 
     Returns:

@@ -14,12 +14,14 @@ kernel — never the tangent kernel. Symbolic zeros tell each rule what is pertu
 cotangents exist, so only the gradients asked for are computed. Second-order derivatives
 through a fused neuron raise (use the reference backend).
 
-Kernels: for ``"pallas"`` those of the platform the primitives are lowered for — the Triton
-kernels (``kernels/scan.py``) for a GPU, the Mosaic kernels (``kernels/tpu_scan.py``) for a
-TPU, one lowering rule per platform — and for ``"interpret"`` / ``"interpret_tpu"`` the GPU /
-TPU kernels interpreted (``dispatch.kernel_target``). Both families have one call signature;
-a `Spec` carries a configuration for each family it may lower to, with one chunk K, so the
-checkpoints (part of the primitives' output types) do not depend on the platform.
+Kernels: for ``"pallas"`` those of the platform the primitives are lowered for — for a GPU
+the Triton kernels (``kernels/scan.py``) or the Mosaic GPU ones (``kernels/mgpu_scan.py``),
+as ``dispatch.gpu_family`` decides, the Mosaic kernels (``kernels/tpu_scan.py``) for a TPU,
+one lowering rule per platform — for ``"pallas_triton"`` / ``"pallas_mgpu"`` that GPU
+family, and for ``"interpret"`` / ``"interpret_mgpu"`` / ``"interpret_tpu"`` the Triton /
+Mosaic GPU / TPU kernels interpreted (``dispatch.kernel_target``). The families have one call
+signature; a `Spec` carries a configuration for each family it may lower to, with one chunk
+K, so the checkpoints (part of the primitives' output types) do not depend on the platform.
 
 Layout: operands are the user's arrays, ``[T, *shape]`` per step (time-major, "lead 1") or
 broadcastable to ``shape`` per neuron ("lead 0"); each kernel call reshapes them to the
@@ -45,7 +47,7 @@ from jax._src.dispatch import prim_requires_devices_during_lowering as _dispatch
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from spikefuse.kernels import dispatch, scan, sharding, tpu_scan
+from spikefuse.kernels import dispatch, mgpu_scan, scan, sharding, tpu_scan
 from spikefuse.kernels._compat import silence_triton_deprecation
 from spikefuse.neurons import _stepcheck
 
@@ -62,9 +64,10 @@ class Spec:
       n_x, n_state, n_params, n_out: numbers of inputs, state leaves, parameters (the
         surrogate's included) and per-step outputs.
       out_dtype: dtype of the per-step outputs and final states.
-      backend: ``"pallas"``, ``"interpret"`` or ``"interpret_tpu"``.
-      config: the GPU kernels' launch configuration (None when they cannot run).
+      backend: a kernel backend (``dispatch.kernel_target``).
+      config: the Triton kernels' launch configuration (None when they cannot run).
       tpu_config: the TPU kernels' (None when they cannot run); with the same chunk K.
+      mgpu_config: the Mosaic GPU kernels' (None when they cannot run); the same K.
       name: the step's name, for error messages.
       save_ck: fwd: also return the checkpoints.
       tx, tinit, tparams: tan: which inputs, initial states and parameters are perturbed
@@ -83,6 +86,7 @@ class Spec:
     backend: str
     config: scan.ScanConfig | None
     tpu_config: tpu_scan.TpuScanConfig | None
+    mgpu_config: mgpu_scan.MgpuScanConfig | None = None
     name: str = "step"
     save_ck: bool = False
     tx: tuple = ()
@@ -95,15 +99,20 @@ class Spec:
     want_params: tuple = ()
 
     def __post_init__(self):
-        chunks = {c.chunk for c in (self.config, self.tpu_config) if c is not None}
+        chunks = {c.chunk for c in self.configs().values()}
         if len(chunks) != 1:
             raise ValueError(f"a Spec needs a kernel configuration, and one chunk K for "
-                             f"both kernel families; got {self.config}, {self.tpu_config}")
+                             f"every kernel family; got {self.configs()}")
+
+    def configs(self) -> dict[str, Any]:
+        """The launch configuration of each kernel family that can run, by family."""
+        by_family = {"triton": self.config, "mgpu": self.mgpu_config, "tpu": self.tpu_config}
+        return {f: c for f, c in by_family.items() if c is not None}
 
     @property
     def chunk(self) -> int:
-        """K, the checkpoint interval of both kernel families."""
-        return (self.config or self.tpu_config).chunk  # type: ignore[union-attr]
+        """K, the checkpoint interval of every kernel family."""
+        return next(iter(self.configs().values())).chunk
 
     def n_ck(self, T: int) -> int:
         """Checkpoint arrays of a backward at T steps (none when T <= K)."""
@@ -168,9 +177,9 @@ def _rows(a, shape, cells):  # [rows, *shape] -> [rows, *cells]
 
 def _local(*args, spec: Spec, family: str, interpret: bool):
     """The kernel call of ``spec`` on arrays of one device (see the module docstring), with
-    the ``family`` ("gpu" or "tpu") of kernels."""
-    kernels: Any = tpu_scan if family == "tpu" else scan
-    config = spec.tpu_config if family == "tpu" else spec.config
+    the ``family`` ("triton", "mgpu" or "tpu") of kernels."""
+    kernels: Any = {"triton": scan, "mgpu": mgpu_scan, "tpu": tpu_scan}[family]
+    config = spec.configs().get(family)
     if config is None:  # engine.run gives every family a backend can lower to a config
         raise ValueError(f"no {family} kernel configuration for backend {spec.backend!r}")
     T, shape = args[0].shape[0], tuple(args[0].shape[1:])
@@ -293,8 +302,8 @@ def _eager(prim, *args, spec):
 
 
 def _lower(*args, spec, partition, platform):
-    family, interpret = dispatch.kernel_target(spec.backend, platform)
-    if spec.backend == "pallas" and spec.kind == "fwd":  # every fused path has a forward
+    family, interpret = dispatch.kernel_target(spec.backend, platform, "neurons")
+    if spec.backend in dispatch.COMPILED and spec.kind == "fwd":  # every path has a forward
         _check_lowerable(spec, family)
     fn: Callable = functools.partial(_local, spec=spec, family=family, interpret=interpret)
     if partition:
@@ -354,8 +363,8 @@ def _fwd_jvp(primals, tangents, *, spec: Spec):
 
 def _no_second_order(primals, tangents, *, spec):
     raise NotImplementedError(
-        "second-order derivatives through a fused multi-step neuron (backend 'pallas', "
-        "'interpret' or 'interpret_tpu') are not supported; use backend='reference' for them.")
+        f"second-order derivatives through a fused multi-step neuron (backend "
+        f"{spec.backend!r}) are not supported; use backend='reference' for them.")
 
 
 def _reduce(g, aval):

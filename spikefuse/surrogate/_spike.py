@@ -13,8 +13,10 @@ the reference formula, so d²H/dx² = dg′/dx and ∂(dH/dx)/∂α = ∂g′/�
 
 Each primitive lowers to the backend chosen at bind time (``kernels.dispatch``): the jnp
 reference, or Pallas kernels — for ``"pallas"`` those of the platform it is lowered for
-(``kernels.elementwise``, Triton, for a GPU; ``kernels.tpu_elementwise``, Mosaic, for a
-TPU: one lowering rule per platform), for ``"interpret"`` / ``"interpret_tpu"`` the GPU /
+(for a GPU ``kernels.elementwise``, Triton, or ``kernels.mgpu_elementwise``, Mosaic GPU, as
+``dispatch.gpu_family`` decides; ``kernels.tpu_elementwise``, Mosaic, for a TPU: one
+lowering rule per platform), for ``"pallas_triton"`` / ``"pallas_mgpu"`` that GPU family,
+for ``"interpret"`` / ``"interpret_mgpu"`` / ``"interpret_tpu"`` the Triton / Mosaic GPU /
 TPU kernels interpreted. g′ is the shape's own ``surrogate_grad``, passed as a static
 function of ``(x, *params)``; the parameters are operands, so a new value never recompiles.
 
@@ -64,11 +66,13 @@ def _reference_spike_grad(x, thr, t, *params, grad_fn):
 
 def _kernels(backend, platform):
     """The elementwise kernel module a kernel backend runs when lowered for ``platform``
-    (Triton on GPU, Mosaic on TPU; see ``dispatch.kernel_target``), and interpret or not."""
-    from spikefuse.kernels import elementwise, tpu_elementwise
+    (Triton or Mosaic GPU on a GPU, Mosaic on a TPU; see ``dispatch.kernel_target``), and
+    interpret or not."""
+    from spikefuse.kernels import elementwise, mgpu_elementwise, tpu_elementwise
 
-    family, interpret = dispatch.kernel_target(backend, platform)
-    return (tpu_elementwise if family == "tpu" else elementwise), interpret
+    family, interpret = dispatch.kernel_target(backend, platform, "elementwise")
+    modules = {"triton": elementwise, "mgpu": mgpu_elementwise, "tpu": tpu_elementwise}
+    return modules[family], interpret
 
 
 def _spike_impl(x, thr, *params, grad_fn, backend, partition, platform):
@@ -259,8 +263,8 @@ def spike(x, surrogate: Surrogate, threshold=None, *, backend: str | None = None
     for name, p in zip(surrogate._split_fields()[0], params):
         check_broadcast(p.shape, x.shape, f"{type(surrogate).__name__}.{name}")
     resolved = dispatch.resolve(backend, op="elementwise")
-    if resolved == "pallas":
-        x = dispatch.accelerator_only(x)  # compiling for CPU raises, no fallback
+    if resolved in dispatch.COMPILED:
+        x = dispatch.accelerator_only(x, resolved)  # compiling for CPU raises, no fallback
     return _bind_placed("spike", x, thr, *params, grad_fn=fn, backend=resolved)
 
 
@@ -275,7 +279,8 @@ def fire(v, threshold=0.0, surrogate: Surrogate | None = None, *, backend: str |
       threshold: θ, a scalar or an array that broadcasts to ``v``'s shape.
       surrogate: any ``Surrogate`` (built-in or user subclass); default ``Sigmoid()``.
       backend: ``None`` (the configured default), ``"auto"``, ``"reference"``,
-        ``"pallas"``, ``"interpret"`` or ``"interpret_tpu"``.
+        ``"pallas"``, ``"pallas_triton"``, ``"pallas_mgpu"``, ``"interpret"``,
+        ``"interpret_mgpu"`` or ``"interpret_tpu"`` (``kernels.dispatch``).
 
     Returns:
       Spikes in ``result_type(v, threshold)``, ``v``'s shape. A ``v`` sharded across

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 import spikefuse
 import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
-from spikefuse.kernels import scan, tpu_elementwise, tpu_scan
+from spikefuse.kernels import mgpu_elementwise, mgpu_scan, scan, tpu_elementwise, tpu_scan
 
 import lowering
 
@@ -331,6 +331,57 @@ def test_tpu_kernels_per_shard(mesh_name, types, monkeypatch):
     assert spec_of(s) == spec_of(jax.device_put(X, NamedSharding(mesh, spec)))
 
 
+# The Mosaic GPU kernels: CTAs of 128 (each shard is one block, padded) and chunks of 3.
+MGPU_CFG = mgpu_scan.MgpuScanConfig(chunk=3, block=128)
+
+
+@lowering.mgpu_full
+@pytest.mark.parametrize("mesh_name, types", [("1d", "explicit"), ("2d", "auto")])
+def test_mgpu_kernels_per_shard(mesh_name, types, monkeypatch):
+    """backend="interpret_mgpu" (the Mosaic GPU kernels, interpreted) per shard, through a
+    shard_map (Explicit axes) and custom_partitioning (Auto axes): fire and a user's
+    two-state step give the unsharded results, each kernel built for one device's block."""
+    monkeypatch.setattr(mgpu_scan, "default_config", lambda *a: MGPU_CFG)  # multistep's
+    sizes = []
+
+    def spy(real, main):
+        def call(*a, **k):
+            sizes.append(main(a).size)
+            return real(*a, **k)
+        return call
+
+    for mod, name, main in [(mgpu_elementwise, "heaviside", lambda a: a[0]),
+                            (mgpu_elementwise, "grad_mul", lambda a: a[0]),
+                            (mgpu_scan, "scan_forward", lambda a: a[1][0]),
+                            (mgpu_scan, "scan_backward", lambda a: a[1][0])]:
+        monkeypatch.setattr(mod, name, spy(getattr(mod, name), main))
+    mesh = make_mesh(mesh_name, types)
+    spec = LAYOUTS[mesh_name]
+
+    def f(x, thr, alpha, x_seq, tau, v0):
+        return (fire_and_grads(x, thr, alpha, backend="interpret_mgpu"),
+                engine_and_grads(x_seq, tau / 2, v0, backend="interpret_mgpu"))
+
+    args = (X, THR, ALPHA, XS, TAU, V0)
+    want = jax.jit(f)(*args)
+    sizes.clear()
+    got, found = run_sharded(f, mesh, args, (spec, P(), spec, P(None, *spec), P(), spec))
+    shard_sizes = {X.size // 8, XS.size // 8}
+    assert shard_sizes <= set(sizes), sizes
+    if types == "explicit":
+        assert set(sizes) == shard_sizes, sizes
+    (s, (gx, gt)), (eng_out, eng_grads) = got
+    (ws, (wgx, wgt)), (weng_out, weng_grads) = want
+    for g, w in zip((s, eng_out[0]), (ws, weng_out[0])):
+        assert_same(g, w, "exact")  # spikes
+    assert_same(gx, wgx, "ulp")
+    assert_same(gt, wgt, "sum")
+    for g, w in zip(jax.tree.leaves((eng_out[1:], eng_grads)),
+                    jax.tree.leaves((weng_out[1:], weng_grads))):
+        assert_same(g, w, "close")
+    assert "all-reduce" in found
+
+
 @pytest.mark.parametrize("types", AXIS_TYPES)
 def test_if_per_shard_scalar_params(types):
     mesh = make_mesh("1d", types)
@@ -480,23 +531,30 @@ def test_shard_map_check_vma_reference_and_interpret():
                       (P(None, "d"),), (P(None, "d"), P("d")), check_vma=True)(XS)
 
 
-def _pallas_body(x, thr, x_seq):
+def _pallas_body(x, thr, x_seq, backend="pallas"):
     """fire's gradient and LIF's (forward and backward) on "pallas", inside a shard_map."""
-    loss = lambda x, thr: (spikefuse.fire(x, thr, backend="pallas") * x).sum()
+    loss = lambda x, thr: (spikefuse.fire(x, thr, backend=backend) * x).sum()
     gx, gt = jax.grad(loss, (0, 1))(x, thr)
-    lif_loss = lambda x_seq: sn.lif(x_seq, backend="pallas")[0].sum()
+    lif_loss = lambda x_seq: sn.lif(x_seq, backend=backend)[0].sum()
     return gx, jax.lax.psum(gt, "d"), jax.grad(lif_loss)(x_seq)
 
 
+@pytest.mark.parametrize("backend, call", [("pallas", lowering.TRITON_CALL),
+                                           ("pallas_mgpu", lowering.MGPU_CALL)])
 @pytest.mark.parametrize("check_vma", [True, False])
-def test_pallas_inside_shard_map_lowers_for_cuda(check_vma):
+def test_pallas_inside_shard_map_lowers_for_cuda(check_vma, backend, call):
+    """The Triton ("pallas") and the Mosaic GPU ("pallas_mgpu") kernels lowered for cuda
+    inside a shard_map: fire's gradient, LIF's forward and backward, with no gathers."""
     mesh, context = lowering.cuda_mesh((8,), ("d",))
-    mapped = jax.shard_map(_pallas_body, mesh=mesh, in_specs=(P("d"), P(), P(None, "d")),
+    mapped = jax.shard_map(functools.partial(_pallas_body, backend=backend), mesh=mesh,
+                           in_specs=(P("d"), P(), P(None, "d")),
                            out_specs=(P("d"), P(), P(None, "d")), check_vma=check_vma)
     text = lowering.export_for_cuda(
         mapped, *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (X, THR, XS)),
         context=context)
-    assert text.count(lowering.TRITON_CALL) >= 3  # fire's gradient; lif fwd and bwd
+    assert text.count(call) >= 3  # fire's gradient; lif fwd and bwd
+    other = lowering.MGPU_CALL if call == lowering.TRITON_CALL else lowering.TRITON_CALL
+    assert other not in text
     assert not re.search(r"all_gather|all_to_all|collective_permute", text)
 
 
