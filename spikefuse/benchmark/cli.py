@@ -100,7 +100,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="time whole training steps instead of the kernel suites: "
                         f"{', '.join(md.MODELS)} (default all three), each as "
                         f"{', '.join(md.VARIANTS)}; then training memory vs T of one LIF "
-                        "layer (--plot draws it). Needs optax (the bench extra).")
+                        "layer and vs batch (--plot draws both), and the memory targets. "
+                        "Needs optax (the bench extra).")
     p.add_argument("--memory-T", type=lambda t: [parse_size(x) for x in _csv(t)], default=None,
                    metavar="T[,T...]", dest="memory_T",
                    help="--models: the sequence lengths of the memory sweep (default "
@@ -143,7 +144,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="write machine, jax version, device, commit and every figure as JSON")
     p.add_argument("--plot", metavar="PATH.png", default=None,
                    help='draw the figures into an image (needs matplotlib: pip install '
-                        '"spikefuse[plot]")')
+                        '"spikefuse[plot]"); --models also writes PATH-batch.png, memory vs '
+                        'batch')
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is shown only when stdout is a terminal)")
     p.set_defaults(handler=run_bench, parser=p)

@@ -22,8 +22,16 @@ Variants (the rows of each model):
   kernels (``"pallas"``; ``"interpret"`` when asked for, timings then meaningless);
 * ``fused+remat``: the same, each (layer op -> LIF) block under ``jax.checkpoint``: the
   backward recomputes the block from its input spikes instead of keeping x;
+* ``fused+bits``: the layer ops as ``spikefuse.memory.spike_matmul`` / ``spike_conv``: they
+  keep their input spikes as 1 bit each instead of float32 (a layer after a pooling: its
+  pool -> op under ``spikefuse.memory.checkpoint``, pooled spikes not being 0/1);
+* ``fused+checkpoint``: each block, from one LIF's spikes to the next LIF's spikes
+  ((pool ->) op -> LIF), under ``spikefuse.memory.checkpoint`` with its input spikes kept as
+  bits: nothing inside is kept, the backward recomputes the block. The first block's input,
+  the data, is kept as it is (it is held anyway), in both;
 * ``scan``: ``LIF(backend="reference")``: ``lax.scan`` with the library's default unroll;
-  ``scan+remat`` the same under ``jax.checkpoint``;
+  ``scan+remat`` / ``scan+bits`` / ``scan+checkpoint`` the same memory modes (timed on a
+  CPU, where the fused kernels do not run);
 * ``step-auto`` / ``step-reference`` / ``step-pallas`` / ``step-braintools``: the
   single-step form braintools' documentation writes: the time loop outside (a
   ``lax.scan`` over steps, unroll ``STEP_UNROLL``), every layer inside, a surrogate called
@@ -34,9 +42,13 @@ Variants (the rows of each model):
 Each row: median ms per step (min..max), samples/s, XLA's memory account of the compiled
 step (temporaries + arguments + outputs, ``compiled.memory_analysis()``), the device's
 peak bytes where it reports one (GPU), and the bytes ``jax.vjp`` of the loss keeps for
-the backward beyond its inputs, per neuron-step (``benchmark.memory``). Variants that
-cannot be compiled here (the fused kernels without a GPU) still get that residual count:
-it is traced, not run.
+the backward beyond its inputs, per neuron-step and per layer (``spikefuse.memory``).
+Variants that cannot run here (the fused kernels without a GPU) still get that residual
+count: it is traced, not run. Without ``--quick`` each variant is also compiled at twice
+the batch, for the largest batch whose step fits a 24 and an 80 GiB device (extrapolated
+from XLA's account at the two batches, for the platform compiled for); ``--quick`` instead
+compiles ``scan``, ``scan+checkpoint`` and ``fused+checkpoint`` at the GPU sizes (not run)
+and prints the targets of issue 16 (`targets`).
 """
 
 from __future__ import annotations
