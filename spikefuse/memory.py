@@ -116,6 +116,11 @@ def _kept_as_bits(fn: Callable, flat_args: Sequence, is_spike: Sequence[bool]):
 
     def bwd(kept, ct):
         args = [_unpack(k, m) if m is not None else k for k, m in zip(kept, metas)]
+        # As jax.checkpoint does: a barrier, so that XLA neither merges the recomputation
+        # with the forward (common subexpressions: the forward's arrays would then live
+        # until here) nor runs it before the cotangent exists (it would then hold its
+        # arrays as long).
+        args, ct = jax.lax.optimization_barrier((args, ct))
         _, pullback = jax.vjp(fn, *args)
         return tuple(pullback(ct))
 

@@ -420,10 +420,11 @@ def bench_models(opts: dict, model_names, memory_Ts, *, progress: bool = False,
         report["notes"].append("'interpret' runs the Pallas kernels interpreted: the fused "
                                "rows' times and XLA memory say nothing about the kernels")
     elif kernel is None:
-        report["notes"].append("fused rows: no kernel backend here (the Pallas kernels need "
-                               "a GPU): not run; what their backward keeps is counted "
-                               "(traced) and XLA's account is of the step compiled with the "
-                               "kernels interpreted")
+        report["notes"].append(
+            "fused rows: no kernel backend here (the Pallas kernels need a GPU): not run; "
+            "what their backward keeps is counted (traced)" + (
+                "" if opts["quick"] else "; XLA's account is of the step compiled with the "
+                "kernels interpreted"))
     bar = _Progress(len(models) * len(md.available_variants(kernel, braintools)), progress)
     try:
         report["rows"] = md.run(models, kernel, samples=opts["repeats"],
