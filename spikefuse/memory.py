@@ -458,7 +458,8 @@ def residual_bytes(fn: Callable, *args, exclude_inputs: bool | int | Sequence[in
     as `residuals`.
 
     Args:
-      fn, *args: as in `residuals`.
+      fn: the function, as in `residuals`.
+      *args: its arguments, as in `residuals`.
       exclude_inputs: ``True``: leave out every input kept as it is (it exists anyway; what
         remains is what differentiating adds); an int or ints: leave out those arguments
         only; ``False``: count everything.

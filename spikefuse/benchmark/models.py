@@ -47,8 +47,8 @@ Variants that cannot run here (the fused kernels without a GPU) still get that r
 count: it is traced, not run. Without ``--quick`` each variant is also compiled at twice
 the batch, for the largest batch whose step fits a 24 and an 80 GiB device (extrapolated
 from XLA's account at the two batches, for the platform compiled for); ``--quick`` instead
-compiles ``scan``, ``scan+checkpoint`` and ``fused+checkpoint`` at the GPU sizes (not run)
-and prints the targets of issue 16 (`targets`).
+compiles ``scan``, ``scan+remat``, ``scan+checkpoint`` and ``fused+checkpoint`` at the GPU
+sizes (not run); both print the targets of issue 16 (`targets`).
 """
 
 from __future__ import annotations
@@ -582,7 +582,7 @@ def add_ratios(group: list[dict]) -> None:
             r["auto_vs_reference"] = ref["ms"] / r["ms"]
 
 
-GPU_SIZE_VARIANTS = ("scan", "scan+checkpoint", "fused+checkpoint")
+GPU_SIZE_VARIANTS = ("scan", "scan+remat", "scan+checkpoint", "fused+checkpoint")
 
 
 def gpu_size_memory(names, kernel_backend, *, variants=GPU_SIZE_VARIANTS,
@@ -663,12 +663,12 @@ def targets(rows: list[dict], gpu_rows: list[dict] | None = None) -> list[dict]:
             group = {r["variant"]: r for r in rows if r["model"] == name
                      and (r["T"], r["batch"]) == (MODELS[name].T, MODELS[name].batch)}
             base = group.get("scan", {}).get("memory", {}).get("temp")
-            for v in GPU_SIZE_VARIANTS[1:]:
+            for v in GPU_SIZE_VARIANTS:
                 temp = group.get(v, {}).get("memory", {}).get("temp")
                 if base and temp is not None:
                     gpu_rows.append(dict(group[v], temp_vs_scan=temp / base))
     for r in gpu_rows:
-        if r["variant"] != "scan" and "temp_vs_scan" in r:
+        if r["variant"].endswith("+checkpoint") and "temp_vs_scan" in r:
             how = f"compiled for {r.get('compiled_for', jax.default_backend())}" + (
                 f", kernels {r['compiled_with']}" if r.get("compiled_with") else "")
             add(f"{r['variant']} at GPU sizes: compiled temporaries vs scan", r["model"],
