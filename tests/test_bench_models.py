@@ -160,8 +160,9 @@ def test_targets_read_the_rows():
 
 def test_gpu_size_memory_and_the_batch_plot(tmp_path, monkeypatch):
     monkeypatch.setitem(bm.MODELS, "mlp", TINY["mlp"])  # the plumbing, at tiny sizes
-    rows = bm.gpu_size_memory(["mlp"], None)
-    assert [r["variant"] for r in rows] == list(bm.GPU_SIZE_VARIANTS)
+    variants = ("scan", "scan+checkpoint")  # (the fused ones compile interpreted: slower)
+    rows = bm.gpu_size_memory(["mlp"], None, variants=variants)
+    assert [r["variant"] for r in rows] == list(variants)
     for r in rows:
         b1, b2 = r["batches"]
         assert (b1, b2) == (TINY["mlp"].batch // 2, TINY["mlp"].batch)
@@ -170,8 +171,6 @@ def test_gpu_size_memory_and_the_batch_plot(tmp_path, monkeypatch):
         assert r["fits"]["per_sample"] == pytest.approx((m2 - m1) / (b2 - b1))
         assert r["temp_vs_scan"] > 0 and r["compiled_for"] == jax.default_backend()
     assert next(r for r in rows if r["variant"] == "scan")["temp_vs_scan"] == 1.0
-    assert next(r for r in rows if r["variant"] == "fused+checkpoint")["compiled_with"] == \
-        "interpret"
     png = bm.plot_memory_vs_batch([], rows, str(tmp_path / "batch.png"), {"platform": "cpu"})
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -269,7 +269,7 @@ def test_checkpoint_closure_pytrees_static_and_second_order():
 
 
 def test_checkpoint_under_vmap():
-    block = dense_block(LIF(tau=2.0, backend="interpret"))
+    block = dense_block(LIF(tau=2.0, backend="reference"))
     s, w = spikes((2, T, B, N_IN)), normal((2, N_IN, N_OUT))
     ckpt = jax.vmap(memory.checkpoint(block, spike_argnums=1))
     assert_bitwise(loss_grads(ckpt, w, s), loss_grads(jax.vmap(block), w, s))
