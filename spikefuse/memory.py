@@ -345,10 +345,11 @@ def checkpoint(fn: Callable, *, spike_argnums: int | Sequence[int] = (),
     both = sorted(set(spikes_at) & set(static_at))
     if both:
         raise ValueError(f"argument(s) {both} are in both spike_argnums and static_argnums")
-    checking = _checking(check)
+    _checking(check)  # a bad check is refused now; the environment is read at each call
 
     @functools.wraps(fn)
     def checkpointed(*args, **kwargs):
+        checking = _checking(check)
         n = len(args)
         for name, nums in (("spike_argnums", spikes_at), ("static_argnums", static_at)):
             bad = [i for i in nums if not -n <= i < n]

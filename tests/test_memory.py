@@ -324,8 +324,12 @@ def test_check_environment_variable(monkeypatch):
     with pytest.raises(ValueError, match="spikes must hold only 0 and 1"):
         memory.spike_matmul(s, w)
     memory.spike_matmul(s, w, check=False)  # an explicit check=False wins
+    ckpt = memory.checkpoint(lambda w, s: s @ w, spike_argnums=1)  # read at the call
+    with pytest.raises(ValueError, match="argument 1 of <lambda>"):
+        ckpt(w, s)
     monkeypatch.setenv(memory.CHECK_ENV, "0")
     memory.spike_matmul(s, w)
+    ckpt(w, s)
 
 
 @pytest.mark.parametrize("call,err,match", [
