@@ -2,13 +2,15 @@
 
 * ``spikefuse.surrogate``: braintools-compatible surrogate shapes (drop-in replacement).
 * ``spikefuse.neurons``: multi-step IF/LIF layers, a ``lax.scan`` reference and fused kernels.
+* ``spikefuse.memory``: training memory — spikes kept as bits (``spike_matmul``,
+  ``spike_conv``), blocks recomputed (``checkpoint``), and ``residual_bytes``.
 * ``spikefuse.fire(v, threshold, surrogate)``: the fused threshold + spike entry point.
 * ``spikefuse.set_backend`` / ``get_backend`` / ``use_backend``: ``"auto"``, ``"reference"``,
   ``"pallas"``, ``"pallas_triton"``, ``"pallas_mgpu"``, ``"interpret"``, ``"interpret_mgpu"``
   or ``"interpret_tpu"`` (also the ``SPIKEFUSE_BACKEND`` environment variable).
 """
 
-from spikefuse import neurons, surrogate
+from spikefuse import memory, neurons, surrogate
 from spikefuse.kernels import dispatch as _dispatch
 from spikefuse.kernels.dispatch import (
     BackendUnavailableError,
@@ -31,6 +33,7 @@ __all__ = [
     "__version__",
     "fire",
     "get_backend",
+    "memory",
     "neurons",
     "set_backend",
     "surrogate",

@@ -30,9 +30,11 @@ TINY = {
     "long": bm.Model("long", 12, 2, (6,), (("dense", 16), ("readout", 3))),
 }
 # Every model in three forms; the remat, "auto" and braintools forms on the MLP only (each
-# compile costs CI time, and they share the code paths the other models check).
+# compile costs CI time, and they share the code paths the other models check); the bits and
+# checkpoint forms on the conv net, whose pools move into the next block there.
 CHECKS = [(m, v) for m in TINY for v in ("fused", "step-reference")] + [
-    ("mlp", v) for v in ("fused+remat", "scan+remat", "step-auto", "step-braintools")]
+    ("mlp", v) for v in ("fused+remat", "scan+remat", "step-auto", "step-braintools",
+                         "scan+bits")] + [("conv", "fused+bits"), ("conv", "fused+checkpoint")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -100,6 +102,81 @@ def test_remat_keeps_only_the_spikes_between_layers():
     assert scan == 8 * m.T * m.batch * (n1 + n2) + spikes1
 
 
+def test_bits_and_checkpoint_keep_the_spikes_between_layers_as_bits():
+    """spikefuse.memory in the model: +bits keeps layer 1's spikes as bits (uint8 words
+    along the neurons) instead of float32, and each LIF its input x; +checkpoint keeps the
+    bits only. The data (x_seq, an input) is kept as it is, not packed."""
+    m = TINY["mlp"]
+    (n1,), (n2,) = bm.neuron_shapes(m)
+    bits = ((m.T, m.batch, math.ceil(n1 / 8)), m.T * m.batch * math.ceil(n1 / 8))
+    x1, x2 = (((m.T, m.batch, n), 4 * m.T * m.batch * n) for n in (n1, n2))
+    for neuron in ("fused", "scan"):
+        assert _per_step_arrays("mlp", f"{neuron}+checkpoint") == [bits]
+    assert _per_step_arrays("mlp", "fused+bits") == sorted([bits, x1, x2])
+    model, params, x, labels = _setup("mlp")
+    res = vjp_residuals(bm.loss_fn(model, "fused+checkpoint", "interpret"), params, x, labels)
+    assert sorted((r.dtype, r.argnum) for r in res if r.shape[:2] == (m.T, m.batch)) == [
+        ("float32", 1), ("uint8", None)]  # x_seq itself, argument 1; layer 1's spikes: bits
+    # per layer: layer 1 keeps nothing of its input (the data), layer 2 its input as bits
+    per_layer = bm.kept_per_layer(model, "fused+checkpoint", params, x)
+    steps = bm.neuron_steps(model)
+    assert per_layer[0] == 0 and per_layer[1] == pytest.approx(bits[1] / steps)
+
+
+def test_largest_batch_is_the_line_through_two_compiled_points():
+    GiB = 2**30
+    fit = bm.largest_batch([(64, 1 * GiB + 64 * 3_000_000), (32, 1 * GiB + 32 * 3_000_000)])
+    assert fit["per_sample"] == pytest.approx(3e6) and fit["fixed"] == pytest.approx(GiB)
+    assert fit["24 GiB"] == (23 * GiB) // 3_000_000
+    assert fit["80 GiB"] == (79 * GiB) // 3_000_000
+    assert bm.largest_batch([(1, 30 * GiB), (2, 31 * GiB)])["24 GiB"] is None  # never fits
+    assert bm.largest_batch([(1, GiB), (2, GiB)])["80 GiB"] is None  # does not grow
+
+
+def test_targets_read_the_rows():
+    rows = [dict(model="mlp", variant=v, T=8, batch=32, residual_bytes_per_step=b, ms=ms,
+                 memory=dict(temp=1), backend=None)
+            for v, b, ms in (("fused", 6.85, None), ("fused+bits", 4.3, None),
+                             ("fused+checkpoint", 0.27, None), ("scan", 10.85, 2.0),
+                             ("scan+bits", 8.3, 2.1), ("scan+checkpoint", 0.27, 3.2))]
+    for r in rows:
+        if r["ms"] is None:
+            del r["ms"]
+    gpu = [dict(model="mlp", variant="fused+checkpoint", T=32, batch=1024, temp_vs_scan=0.3,
+                compiled_for="cpu", compiled_with="interpret")]
+    got = {(c["what"], c["model"]): c for c in bm.targets(rows, gpu)}
+    ckpt = got["fused+checkpoint: kept B per neuron-step", "mlp"]
+    assert ckpt["value"] == 0.27 and ckpt["met"]
+    bits = got["fused+bits: kept bytes vs fused", "mlp"]
+    assert bits["value"] == pytest.approx(4.3 / 6.85) and bits["met"] is False
+    # no fused timing here: the same memory modes with the reference neuron, labelled so
+    time = got["scan+checkpoint: time vs scan", "mlp"]
+    assert time["value"] == pytest.approx(1.6) and not time["met"] and "reference" in time["note"]
+    assert got["scan+bits: time vs scan", "mlp"]["value"] == pytest.approx(1.05)
+    temp = got["fused+checkpoint at GPU sizes: compiled temporaries vs scan", "mlp"]
+    assert temp["met"] and "compiled for cpu" in temp["note"] and "not run" in temp["note"]
+    assert "## targets" in bm.format_table([], checks=bm.targets(rows, gpu))
+
+
+def test_gpu_size_memory_and_the_batch_plot(tmp_path, monkeypatch):
+    monkeypatch.setitem(bm.MODELS, "mlp", TINY["mlp"])  # the plumbing, at tiny sizes
+    variants = ("scan", "scan+checkpoint")  # (the fused ones compile interpreted: slower)
+    rows = bm.gpu_size_memory(["mlp"], None, variants=variants)
+    assert [r["variant"] for r in rows] == list(variants)
+    for r in rows:
+        b1, b2 = r["batches"]
+        assert (b1, b2) == (TINY["mlp"].batch // 2, TINY["mlp"].batch)
+        m1, m2 = (r["memory_by_batch"][str(b)]["total"] for b in (b1, b2))
+        assert m2 > m1 > 0
+        assert r["fits"]["per_sample"] == pytest.approx((m2 - m1) / (b2 - b1))
+        assert r["temp_vs_scan"] > 0 and r["compiled_for"] == jax.default_backend()
+    assert next(r for r in rows if r["variant"] == "scan")["temp_vs_scan"] == 1.0
+    png = bm.plot_memory_vs_batch([], rows, str(tmp_path / "batch.png"), {"platform": "cpu"})
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "GPU sizes, compiled for" in bm.format_table([], gpu_rows=rows)
+
+
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="unknown variant"):
         bm.forward_fn(TINY["mlp"], "fused+magic")
@@ -129,7 +206,7 @@ def test_models_json_rows_have_time_memory_and_residuals(models_run):
         assert report["meta"][key], key
     rows = {r["variant"]: r for r in report["rows"]}
     timed = bm.available_variants(None)
-    assert set(rows) == set(timed) | {"fused", "fused+remat"}  # fused: counted, not timed
+    assert set(rows) == set(timed) | set(bm.FUSED)  # fused: counted, not timed
     for v, r in rows.items():
         assert r["model"] == "long" and r["T"] == TINY["long"].T
         assert math.isfinite(r["residual_bytes_per_step"])
@@ -145,6 +222,8 @@ def test_models_json_rows_have_time_memory_and_residuals(models_run):
     assert 4.0 <= rows["fused"]["residual_bytes_per_step"] < 4.5
     assert 8.0 <= rows["scan"]["residual_bytes_per_step"] < 8.5
     assert rows["fused+remat"]["residual_bytes_per_step"] < 0.5
+    assert rows["fused+checkpoint"]["residual_bytes_per_step"] < 0.5
+    assert rows["scan+checkpoint"]["residual_bytes_per_step"] < 0.5
     best = min((r for r in rows.values() if "ms" in r and r["variant"] in
                 ("scan", "step-auto", "step-reference", "step-braintools")),
                key=lambda r: r["ms"])

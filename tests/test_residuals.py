@@ -1,4 +1,5 @@
-"""The residual counter (``spikefuse.benchmark.memory``) and what each LIF backend keeps.
+"""The residual counter (``spikefuse.memory``, re-exported by ``spikefuse.benchmark.memory``)
+and what each LIF backend keeps.
 
 The counter is checked on hand-made functions whose residuals are known because the test
 writes them: ``jax.custom_vjp`` forwards that save chosen arrays, and ``jax.checkpoint``,
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 
 import spikefuse.neurons as sn
-from spikefuse.benchmark.memory import residual_bytes, vjp_residuals
+from spikefuse.benchmark import memory as bench_memory
+from spikefuse.memory import residual_bytes
+from spikefuse.memory import residuals as vjp_residuals
 from spikefuse.kernels import scan
 
 N = 1000
@@ -79,6 +82,11 @@ def test_inputs_in_pytrees_are_recognised():
     g = lambda d: f(d["a"], d["b"][0])  # noqa: E731
     assert residual_bytes(g, {"a": x, "b": [y]}, exclude_inputs=True) == 0
     assert residual_bytes(g, {"a": x, "b": [y]}) == 8 * N
+
+
+def test_the_benchmark_counts_with_the_same_counter():
+    assert bench_memory.residual_bytes is residual_bytes
+    assert bench_memory.vjp_residuals is vjp_residuals
 
 
 def test_nothing_is_computed_or_allocated():

@@ -33,7 +33,8 @@ from sphinx.util.typing import stringify_annotation
 
 logger = logging.getLogger(__name__)
 
-API_MODULES = ("spikefuse", "spikefuse.surrogate", "spikefuse.neurons", "spikefuse.kernels")
+API_MODULES = ("spikefuse", "spikefuse.surrogate", "spikefuse.neurons", "spikefuse.memory",
+               "spikefuse.kernels")
 # Reference targets outside spikefuse: left unresolved (no network for intersphinx in CI).
 EXTERNAL = (r"(jax|jaxlib|numpy|np|jnp|ml_dtypes|matplotlib|argparse|os|contextlib|collections"
             r"|typing|types|numbers)(\..+)?")

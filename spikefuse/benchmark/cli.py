@@ -100,7 +100,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="time whole training steps instead of the kernel suites: "
                         f"{', '.join(md.MODELS)} (default all three), each as "
                         f"{', '.join(md.VARIANTS)}; then training memory vs T of one LIF "
-                        "layer (--plot draws it). Needs optax (the bench extra).")
+                        "layer and vs batch (--plot draws both), and the memory targets. "
+                        "Needs optax (the bench extra).")
     p.add_argument("--memory-T", type=lambda t: [parse_size(x) for x in _csv(t)], default=None,
                    metavar="T[,T...]", dest="memory_T",
                    help="--models: the sequence lengths of the memory sweep (default "
@@ -143,7 +144,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="write machine, jax version, device, commit and every figure as JSON")
     p.add_argument("--plot", metavar="PATH.png", default=None,
                    help='draw the figures into an image (needs matplotlib: pip install '
-                        '"spikefuse[plot]")')
+                        '"spikefuse[plot]"); --models also writes PATH-batch.png, memory vs '
+                        'batch')
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is shown only when stdout is a terminal)")
     p.set_defaults(handler=run_bench, parser=p)
@@ -418,18 +420,26 @@ def bench_models(opts: dict, model_names, memory_Ts, *, progress: bool = False,
         report["notes"].append("'interpret' runs the Pallas kernels interpreted: the fused "
                                "rows' times and XLA memory say nothing about the kernels")
     elif kernel is None:
-        report["notes"].append("fused rows: no kernel backend here (the Pallas kernels need "
-                               "a GPU); only what their backward keeps is counted (traced)")
+        report["notes"].append(
+            "fused rows: no kernel backend here (the Pallas kernels need a GPU): not run; "
+            "what their backward keeps is counted (traced)" + (
+                "" if opts["quick"] else "; XLA's account is of the step compiled with the "
+                "kernels interpreted"))
     bar = _Progress(len(models) * len(md.available_variants(kernel, braintools)), progress)
     try:
         report["rows"] = md.run(models, kernel, samples=opts["repeats"],
                                 min_sample_s=opts["min_sample_s"], threads=opts["threads"],
-                                braintools=braintools, progress=bar, meta=row_meta)
+                                braintools=braintools, progress=bar, meta=row_meta,
+                                capacity=not opts["quick"])
     finally:
         bar.close()
     if memory_Ts:
         report["sweep"] = md.memory_sweep(table["long"], memory_Ts, kernel,
                                           threads=opts["threads"])
+    gpu_names = [n for n in model_names if n in ("mlp", "conv")]
+    if opts["quick"] and gpu_names:  # the GPU sizes, compiled here and not run
+        report["gpu_sizes"] = md.gpu_size_memory(gpu_names, kernel, threads=opts["threads"])
+    report["targets"] = md.targets(report["rows"], report.get("gpu_sizes"))
     report["meta"]["seconds"] = time.perf_counter() - t0
     return report
 
@@ -462,7 +472,8 @@ def _run_models(args, opts, parser) -> int:
     report = bench_models(dict(opts, quick=args.quick), args.models, memory_Ts,
                           progress=not args.no_progress and sys.stdout.isatty(),
                           command="python -m spikefuse bench " + " ".join(args.argv or []))
-    print(md.format_table(report["rows"], report["sweep"]))
+    print(md.format_table(report["rows"], report["sweep"], report.get("gpu_sizes"),
+                          report["targets"]))
     for note in report["notes"]:
         print("# note:", note)
     print(f"# {len(report['rows'])} rows, {len(report['sweep'])} sweep points in "
@@ -474,6 +485,11 @@ def _run_models(args, opts, parser) -> int:
             print("error: --plot draws the memory sweep; --memory-T gave no T", file=sys.stderr)
             return 2
         print(f"# wrote {md.plot_memory(report['sweep'], args.plot, report['meta'])}")
+        if any("fits" in r for r in report["rows"] + report.get("gpu_sizes", [])):
+            stem, ext = os.path.splitext(args.plot)
+            print("# wrote " + md.plot_memory_vs_batch(
+                report["rows"], report.get("gpu_sizes"), f"{stem}-batch{ext or '.png'}",
+                report["meta"]))
     return 0
 
 

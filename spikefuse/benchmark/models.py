@@ -22,8 +22,16 @@ Variants (the rows of each model):
   kernels (``"pallas"``; ``"interpret"`` when asked for, timings then meaningless);
 * ``fused+remat``: the same, each (layer op -> LIF) block under ``jax.checkpoint``: the
   backward recomputes the block from its input spikes instead of keeping x;
+* ``fused+bits``: the layer ops as ``spikefuse.memory.spike_matmul`` / ``spike_conv``: they
+  keep their input spikes as 1 bit each instead of float32 (a layer after a pooling: its
+  pool -> op under ``spikefuse.memory.checkpoint``, pooled spikes not being 0/1);
+* ``fused+checkpoint``: each block, from one LIF's spikes to the next LIF's spikes
+  ((pool ->) op -> LIF), under ``spikefuse.memory.checkpoint`` with its input spikes kept as
+  bits: nothing inside is kept, the backward recomputes the block. The first block's input,
+  the data, is kept as it is (it is held anyway), in both;
 * ``scan``: ``LIF(backend="reference")``: ``lax.scan`` with the library's default unroll;
-  ``scan+remat`` the same under ``jax.checkpoint``;
+  ``scan+remat`` / ``scan+bits`` / ``scan+checkpoint`` the same memory modes (timed on a
+  CPU, where the fused kernels do not run);
 * ``step-auto`` / ``step-reference`` / ``step-pallas`` / ``step-braintools``: the
   single-step form braintools' documentation writes: the time loop outside (a
   ``lax.scan`` over steps, unroll ``STEP_UNROLL``), every layer inside, a surrogate called
@@ -34,9 +42,13 @@ Variants (the rows of each model):
 Each row: median ms per step (min..max), samples/s, XLA's memory account of the compiled
 step (temporaries + arguments + outputs, ``compiled.memory_analysis()``), the device's
 peak bytes where it reports one (GPU), and the bytes ``jax.vjp`` of the loss keeps for
-the backward beyond its inputs, per neuron-step (``benchmark.memory``). Variants that
-cannot be compiled here (the fused kernels without a GPU) still get that residual count:
-it is traced, not run.
+the backward beyond its inputs, per neuron-step and per layer (``spikefuse.memory``).
+Variants that cannot run here (the fused kernels without a GPU) still get that residual
+count: it is traced, not run. Without ``--quick`` each variant is also compiled at twice
+the batch, for the largest batch whose step fits a 24 and an 80 GiB device (extrapolated
+from XLA's account at the two batches, for the platform compiled for); ``--quick`` instead
+compiles ``scan``, ``scan+remat``, ``scan+checkpoint`` and ``fused+checkpoint`` at the GPU
+sizes (not run); both print the targets of issue 16 (`targets`).
 """
 
 from __future__ import annotations
@@ -50,15 +62,18 @@ import jax.numpy as jnp
 import numpy as np
 
 import spikefuse
+from spikefuse import memory as mem
 from spikefuse import surrogate as sf
 from spikefuse.benchmark import elementwise as ew
-from spikefuse.benchmark.memory import compiled_memory, device_peak_bytes, residual_bytes
+from spikefuse.benchmark.memory import compiled_memory, device_peak_bytes
 from spikefuse.benchmark.timing import compile_all, on_accelerator, time_interleaved
+from spikefuse.memory import residual_bytes, spike_conv, spike_matmul
 from spikefuse.neurons import LIF
 
-__all__ = ["MODELS", "QUICK_MODELS", "VARIANTS", "Model", "available_variants",
-           "format_table", "forward_fn", "init_params", "inputs", "loss_fn", "memory_sweep",
-           "neuron_shapes", "neuron_steps", "plot_memory", "run", "train_step_fn"]
+__all__ = ["MODELS", "QUICK_MODELS", "VARIANTS", "Model", "available_variants", "chain",
+           "format_table", "forward_fn", "gpu_size_memory", "init_params", "inputs",
+           "largest_batch", "loss_fn", "memory_sweep", "neuron_shapes", "neuron_steps",
+           "plot_memory", "plot_memory_vs_batch", "run", "targets", "train_step_fn"]
 
 TAU, V_TH, ALPHA = 2.0, 1.0, 4.0
 INV_TAU = 1.0 / TAU
@@ -105,8 +120,10 @@ QUICK_MODELS = {
                    ("flatten",), ("readout", 10))),
     "long": Model("long", 256, 8, (64,), (("dense", 256), ("readout", 10))),
 }
-VARIANTS = ("fused", "fused+remat", "scan", "scan+remat", "step-auto", "step-reference",
-            "step-pallas", "step-braintools")
+VARIANTS = ("fused", "fused+remat", "fused+bits", "fused+checkpoint", "scan", "scan+remat",
+            "scan+bits", "scan+checkpoint", "step-auto", "step-reference", "step-pallas",
+            "step-braintools")
+FUSED = tuple(v for v in VARIANTS if v.startswith("fused"))
 
 
 def _optax():
@@ -199,13 +216,15 @@ def inputs(model: Model, seed: int = 0):
     return jnp.asarray(x, jnp.float32), jnp.asarray(labels)
 
 
-def _op(kind, p, h):
-    """A dense or 3x3 SAME conv layer on ``h`` with any leading (time, batch) dims."""
+def _op(kind, p, h, bits: bool = False):
+    """A dense or 3x3 SAME conv layer on ``h`` with any leading (time, batch) dims; with
+    ``bits``, ``spike_matmul`` / ``spike_conv`` (``h`` then holds 0/1 spikes)."""
     if kind == "dense":
-        return h @ p["w"] + p["b"]
+        return (spike_matmul(h, p["w"]) if bits else h @ p["w"]) + p["b"]
     lead = h.shape[:-3]
-    out = jax.lax.conv_general_dilated(h.reshape(-1, *h.shape[-3:]), p["w"], (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = spike_conv if bits else jax.lax.conv_general_dilated
+    out = conv(h.reshape(-1, *h.shape[-3:]), p["w"], (1, 1), "SAME",
+               dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return (out + p["b"]).reshape(*lead, *out.shape[1:])
 
 
@@ -220,21 +239,75 @@ def _readout(p, spikes_seq):
     return spikes_seq.mean(axis=0) @ p["w"] + p["b"]
 
 
-def multistep_forward(model, params, x_seq, neuron, remat: bool):
-    """Layer by layer over the whole sequence: each op on [T, batch, ...] at once, then
-    ``neuron`` (a multi-step LIF) over T."""
-    h = x_seq
-    for (kind, *_), p in zip(model.blocks, params):
-        if kind in ("dense", "conv"):
-            def block(p, h, kind=kind):
-                return neuron(_op(kind, p, h))[0]
+def _reshaped(h, kinds):
+    for k in kinds:
+        h = _reshape(k, h)
+    return h
 
-            h = (jax.checkpoint(block) if remat else block)(p, h)
-        elif kind == "readout":
-            return _readout(p, h)
+
+def _block(kind, pre, neuron, memory, data):
+    """One block of the chain: (pools and flattens ``pre``,) the op ``kind``, ``neuron``;
+    ``data``: its input is the network's input."""
+    # The data (x_seq, an input) is held anyway: kept as it is, not as bits, which the
+    # backward would rebuild into a second float32 copy of it.
+    spike_argnums = () if data else 1
+
+    def block(p, s):
+        return neuron(_op(kind, p, _reshaped(s, pre)))[0]
+
+    if memory == "remat":
+        return jax.checkpoint(block)
+    if memory == "checkpoint":
+        return mem.checkpoint(block, spike_argnums=spike_argnums)
+    if memory != "bits":
+        return block
+    if pre:  # pooled spikes are not 0/1: the pool goes inside, recomputed from the bits
+        op = mem.checkpoint(lambda p, s: _op(kind, p, _reshaped(s, pre)),
+                            spike_argnums=spike_argnums)
+    else:
+        op = functools.partial(_op, kind, bits=not data)
+    return lambda p, s: neuron(op(p, s))[0]
+
+
+def chain(model: Model, neuron, memory: str = "") -> list:
+    """The multi-step network as a chain, one function ``f(params_i, h) -> h`` per entry of
+    ``model.blocks``: each op on [T, batch, ...] at once, then ``neuron`` (a multi-step LIF)
+    over T; the last one, the readout, returns the logits.
+
+    ``memory``: ``""`` as written; ``"remat"`` each (op -> LIF) block under
+    ``jax.checkpoint``; ``"bits"`` the ops as ``spike_matmul`` / ``spike_conv``, and an op
+    after a pooling as ``spikefuse.memory.checkpoint`` of (pool -> op) with the spikes as
+    bits (pooled spikes are not 0/1; the pool is linear, so only it is recomputed);
+    ``"checkpoint"`` each block from one LIF's spikes to the next, (pool ->) op -> LIF,
+    under ``spikefuse.memory.checkpoint`` with its input spikes as bits. With the last two,
+    a pool or flatten moves into the next block (its own entry does nothing)."""
+    if model.blocks[-1][0] != "readout":
+        raise ValueError(f"model {model.name} has no readout")
+    fns: list = []
+    pending: list[str] = []  # pools and flattens moved into the next block
+    for kind, *_ in model.blocks:
+        if kind in ("pool", "flatten"):
+            if memory in ("bits", "checkpoint"):
+                pending.append(kind)
+                fns.append(lambda p, h: h)
+            else:
+                fns.append(lambda p, h, kind=kind: _reshape(kind, h))
+            continue
+        pre, pending = tuple(pending), []
+        if kind == "readout":
+            fns.append(lambda p, h, pre=pre: _readout(p, _reshaped(h, pre)))
         else:
-            h = _reshape(kind, h)
-    raise ValueError(f"model {model.name} has no readout")
+            data = not any(k in ("dense", "conv") for k, *_ in model.blocks[:len(fns)])
+            fns.append(_block(kind, pre, neuron, memory, data))
+    return fns
+
+
+def multistep_forward(model, params, x_seq, neuron, memory: str = ""):
+    """The logits of the multi-step network (`chain`) on ``x_seq``."""
+    h = x_seq
+    for f, p in zip(chain(model, neuron, memory), params):
+        h = f(p, h)
+    return h
 
 
 def firing_rates(model: Model, params, x_seq) -> list[float]:
@@ -252,7 +325,7 @@ def _rates(model, params, x_seq):
         rates.append(out[0].mean())
         return out
 
-    multistep_forward(model, params, x_seq, recording, remat=False)
+    multistep_forward(model, params, x_seq, recording)
     return rates
 
 
@@ -309,8 +382,8 @@ def forward_fn(model: Model, variant: str, kernel_backend: str | None = None):
     if variant.startswith(("fused", "scan")):
         neuron = _lif("reference" if variant.startswith("scan")
                       else kernel_backend or "interpret")
-        remat = variant.endswith("+remat")
-        return lambda params, x: multistep_forward(model, params, x, neuron, remat)
+        memory = variant.partition("+")[2]
+        return lambda params, x: multistep_forward(model, params, x, neuron, memory)
     spike = _spike_fn(variant)
     unroll = step_unroll()
     return lambda params, x: single_step_forward(model, params, x, spike, unroll)
@@ -349,8 +422,9 @@ def available_variants(kernel_backend: str | None, braintools: bool = True) -> l
     wanted)."""
     out = []
     if kernel_backend:
-        out += ["fused", "fused+remat"]
-    out += ["scan", "scan+remat", "step-auto", "step-reference"]
+        out += list(FUSED)
+    out += ["scan", "scan+remat", "scan+bits", "scan+checkpoint", "step-auto",
+            "step-reference"]
     if on_accelerator():
         out.append("step-pallas")
     if braintools and ew.braintools_surrogate() is not None:
@@ -365,28 +439,72 @@ def kept_per_neuron_step(model, variant, params, x_seq, labels, kernel_backend=N
                           exclude_inputs=True, per=neuron_steps(model))
 
 
+def kept_per_layer(model, variant, params, x_seq, kernel_backend=None) -> list[float] | None:
+    """Bytes per neuron-step of the whole model that each entry of ``model.blocks`` keeps
+    (``spikefuse.memory.residual_bytes_per_layer`` over `chain`); None for the single-step
+    forms, whose layers share one time loop."""
+    if not variant.startswith(("fused", "scan")):
+        return None
+    neuron = _lif("reference" if variant.startswith("scan") else kernel_backend or "interpret")
+    return mem.residual_bytes_per_layer(chain(model, neuron, variant.partition("+")[2]),
+                                        params, x_seq, per=neuron_steps(model))
+
+
+BUDGETS_GIB = (24, 80)  # the devices the largest batch is extrapolated for
+
+
+def _step_job(model: Model, variant: str, kernel_backend, params, batch: int):
+    """``(step, avals)`` of the training step of ``model`` at ``batch`` (for `compile_all`)."""
+    optimizer, step = train_step_fn(model, variant, kernel_backend)
+    avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                         (params, optimizer.init(params)))
+    return step, (*avals, jax.ShapeDtypeStruct((model.T, batch, *model.in_shape), jnp.float32),
+                  jax.ShapeDtypeStruct((batch,), jnp.int32))
+
+
+def largest_batch(points, budgets_gib=BUDGETS_GIB) -> dict:
+    """The largest batch whose compiled step fits each budget, extrapolated on the line
+    through two ``(batch, total bytes)`` points (the bytes a step needs grow linearly with
+    the batch: activations and residuals; parameters and optimizer state do not).
+
+    Returns ``{"per_sample": bytes, "fixed": bytes, "24 GiB": batch, ...}``; a batch is None
+    where the line does not grow or the fixed part alone exceeds the budget."""
+    (b1, m1), (b2, m2) = sorted(points)
+    slope = (m2 - m1) / (b2 - b1) if b2 != b1 else 0.0
+    fixed = m1 - slope * b1
+    out: dict = dict(per_sample=slope, fixed=fixed)
+    for g in budgets_gib:
+        n = math.floor((g * 2**30 - fixed) / slope) if slope > 0 else None
+        out[f"{g} GiB"] = n if n is not None and n > 0 else None
+    return out
+
+
 def run(model_list, kernel_backend, *, samples: int, min_sample_s: float, threads: int = 1,
-        braintools: bool = True, progress=None, meta=None) -> list[dict]:
+        braintools: bool = True, progress=None, meta=None, capacity: bool = True) -> list[dict]:
     """One row per model x variant: timing and memory where the variant compiles here, the
     residual count everywhere. A model's variants are timed in turns (`time_interleaved`),
     so their ratios survive a change of load. Their first calls run in increasing order
     of XLA's memory estimate, so the device peak (cumulative in a process) rises with each;
-    where it did not, ``peak_bytes`` is None."""
+    where it did not, ``peak_bytes`` is None.
+
+    With ``capacity``, every variant is also compiled at twice the batch, and its row gets
+    the largest batch that fits 24 and 80 GiB (`largest_batch`), labelled with the platform
+    it was compiled for. The fused variants without a kernel backend are compiled with the
+    kernels interpreted for that account (``compiled_with="interpret"``), not run."""
     meta = meta or {}
     timed = available_variants(kernel_backend, braintools)
+    counted = [v for v in FUSED if v not in timed] if capacity else []
     rows = []
     for model in model_list:
         x_seq, labels = inputs(model)
         params = init_params(model, 0, x_seq)
-        jobs, opt_states = {}, {}
-        for variant in timed:
-            optimizer, step = train_step_fn(model, variant, kernel_backend)
-            opt_state = opt_states[variant] = optimizer.init(params)
-            avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                                 (params, opt_state, x_seq, labels))
-            jobs[variant] = (step, avals)
+        batches = (model.batch, 2 * model.batch) if capacity else (model.batch,)
+        backend_of = {v: kernel_backend if v in timed else "interpret" for v in timed + counted}
+        jobs = {(v, b): _step_job(model, v, backend_of[v], params, b)
+                for v in timed + counted for b in batches}
         compiled = compile_all(jobs, threads)
-        memory = {v: compiled_memory(c) for v, c in compiled.items()}
+        memory = {v: compiled_memory(compiled[v, model.batch]) for v in timed + counted}
+        opt_states = {v: train_step_fn(model, v, kernel_backend)[0].init(params) for v in timed}
         order = sorted(timed, key=lambda v: memory[v].get("total", 0))
         peaks: dict = {}
         last = [device_peak_bytes()]
@@ -397,8 +515,8 @@ def run(model_list, kernel_backend, *, samples: int, min_sample_s: float, thread
             peaks[variant], last[0] = (now if rose else None), now
 
         times = time_interleaved(
-            {v: (compiled[v], (params, opt_states[v], x_seq, labels)) for v in order},
-            samples=samples, min_sample_s=min_sample_s, on_first=record_peak)
+            {v: (compiled[v, model.batch], (params, opt_states[v], x_seq, labels))
+             for v in order}, samples=samples, min_sample_s=min_sample_s, on_first=record_peak)
         model_rows = {}
         for variant in order:
             sec, lo, hi = times[variant]
@@ -409,10 +527,20 @@ def run(model_list, kernel_backend, *, samples: int, min_sample_s: float, thread
             model_rows[variant] = row
             if progress:
                 progress(row)
-        for variant in VARIANTS:  # not compiled here: the residual count only
-            if variant not in model_rows and variant in ("fused", "fused+remat"):
-                model_rows[variant] = _row(model, variant, meta, kernel_backend, params,
-                                           x_seq, labels)
+        for variant in FUSED:  # not run here: the residual count, and XLA's account
+            if variant not in model_rows:
+                row = model_rows[variant] = _row(model, variant, meta, kernel_backend, params,
+                                                 x_seq, labels)
+                if variant in counted:
+                    row.update(memory=memory[variant], compiled_with="interpret")
+        if capacity:
+            for v in timed + counted:
+                mems = [compiled_memory(compiled[v, b]) for b in batches]
+                if all(m.get("total") for m in mems):
+                    model_rows[v].update(
+                        memory_by_batch={str(b): m for b, m in zip(batches, mems)},
+                        fits=largest_batch([(b, m["total"]) for b, m in zip(batches, mems)]),
+                        compiled_for=jax.default_backend())
         group = [model_rows[v] for v in VARIANTS if v in model_rows]
         add_ratios(group)
         rows += group
@@ -422,13 +550,14 @@ def run(model_list, kernel_backend, *, samples: int, min_sample_s: float, thread
 
 def _row(model, variant, meta, kernel_backend, params, x_seq, labels) -> dict:
     fused = variant.startswith("fused")
+    kb = kernel_backend if fused else None
     return dict(meta, suite="models", model=model.name, variant=variant, T=model.T,
                 batch=model.batch, in_shape=list(model.in_shape),
                 blocks=[list(b) for b in model.blocks], neuron_steps=neuron_steps(model),
-                backend=(kernel_backend if fused else None),
-                step_unroll=step_unroll() if variant.startswith("step") else None,
+                backend=kb, step_unroll=step_unroll() if variant.startswith("step") else None,
                 residual_bytes_per_step=kept_per_neuron_step(
-                    model, variant, params, x_seq, labels, kernel_backend if fused else None))
+                    model, variant, params, x_seq, labels, kb),
+                residual_bytes_per_layer=kept_per_layer(model, variant, params, x_seq, kb))
 
 
 def add_ratios(group: list[dict]) -> None:
@@ -436,7 +565,7 @@ def add_ratios(group: list[dict]) -> None:
     ``step-*`` rows (the issue's (b) and (c)), and its memory relative to that row's; the
     ``step-auto`` row also gets its speed against ``step-reference``."""
     base = [r for r in group if "ms" in r and not r["variant"].startswith("fused")
-            and not r["variant"].endswith("+remat")]
+            and "+" not in r["variant"]]
     if not base:
         return
     best = min(base, key=lambda r: r["ms"])
@@ -451,6 +580,101 @@ def add_ratios(group: list[dict]) -> None:
     for r in group:
         if r["variant"] == "step-auto" and ref and "ms" in r:
             r["auto_vs_reference"] = ref["ms"] / r["ms"]
+
+
+GPU_SIZE_VARIANTS = ("scan", "scan+remat", "scan+checkpoint", "fused+checkpoint")
+
+
+def gpu_size_memory(names, kernel_backend, *, variants=GPU_SIZE_VARIANTS,
+                    threads: int = 1) -> list[dict]:
+    """XLA's account of the training step at the GPU sizes (`MODELS`), compiled here and
+    not run, at half and the whole GPU batch: per model and variant, the temporaries and
+    total at both batches and the largest batch that fits (`largest_batch`). The fused
+    variants compile the kernel backend, or without one the kernels interpreted."""
+    jobs, rows = {}, []
+    for name in names:
+        model = MODELS[name]
+        params = init_params(model)
+        batches = (model.batch // 2, model.batch)
+        for v in variants:
+            kb = (kernel_backend or "interpret") if v.startswith("fused") else None
+            rows.append(dict(model=name, variant=v, T=model.T, batch=model.batch,
+                             batches=list(batches), compiled_for=jax.default_backend(),
+                             compiled_with=kb))
+            for b in batches:
+                jobs[name, v, b] = _step_job(model, v, kb, params, b)
+    compiled = compile_all(jobs, threads)
+    for r in rows:
+        mems = [compiled_memory(compiled[r["model"], r["variant"], b]) for b in r["batches"]]
+        r["memory_by_batch"] = {str(b): m for b, m in zip(r["batches"], mems)}
+        if all(m.get("total") for m in mems):
+            r["fits"] = largest_batch([(b, m["total"]) for b, m in zip(r["batches"], mems)])
+    for name in names:
+        group = {r["variant"]: r for r in rows if r["model"] == name}
+        base = group.get("scan", {}).get("memory_by_batch", {}).get(str(MODELS[name].batch))
+        for r in group.values():
+            mine = r["memory_by_batch"].get(str(MODELS[name].batch), {})
+            if base and base.get("temp") and "temp" in mine:
+                r["temp_vs_scan"] = mine["temp"] / base["temp"]
+    return rows
+
+
+TARGETS = dict(checkpoint_bytes=1.0, bits_vs_fused=0.6, checkpoint_temp_vs_scan=0.35,
+               checkpoint_time_vs_scan=1.5, bits_time_vs_scan=1.1)
+
+
+def targets(rows: list[dict], gpu_rows: list[dict] | None = None) -> list[dict]:
+    """Issue 16's targets, read from the rows: one dict per check (``what``, ``model``,
+    ``value``, ``bar``, ``met``, ``note``)."""
+    out = []
+
+    def add(what, model, value, bar, note=""):
+        if value is not None:
+            out.append(dict(what=what, model=model, value=value, bar=bar, met=value <= bar,
+                            note=note))
+
+    for name in ("mlp", "conv"):
+        group = {r["variant"]: r for r in rows if r["model"] == name}
+        if not group:
+            continue
+        ckpt, bits, fused = (group.get(v, {}) for v in ("fused+checkpoint", "fused+bits",
+                                                          "fused"))
+        add("fused+checkpoint: kept B per neuron-step", name,
+            ckpt.get("residual_bytes_per_step"), TARGETS["checkpoint_bytes"])
+        if bits and fused:
+            add("fused+bits: kept bytes vs fused", name,
+                bits["residual_bytes_per_step"] / fused["residual_bytes_per_step"],
+                TARGETS["bits_vs_fused"])
+        scan = group.get("scan", {})
+        for mode, bar in (("checkpoint", "checkpoint_time_vs_scan"),
+                          ("bits", "bits_time_vs_scan")):
+            timed = group.get(f"fused+{mode}", {})
+            note = ""
+            if "ms" not in timed or timed.get("backend") != "pallas":
+                timed, note = group.get(f"scan+{mode}", {}), (
+                    f"scan+{mode}: the fused kernels do not run here; the same memory "
+                    "mode with the reference neuron")
+            if "ms" in timed and "ms" in scan:
+                add(f"{timed['variant']}: time vs scan", name, timed["ms"] / scan["ms"],
+                    TARGETS[bar], note)
+    if not gpu_rows:  # rows at the GPU sizes (a run without --quick) count as well
+        gpu_rows = []
+        for name in ("mlp", "conv"):
+            group = {r["variant"]: r for r in rows if r["model"] == name
+                     and (r["T"], r["batch"]) == (MODELS[name].T, MODELS[name].batch)}
+            base = group.get("scan", {}).get("memory", {}).get("temp")
+            for v in GPU_SIZE_VARIANTS:
+                temp = group.get(v, {}).get("memory", {}).get("temp")
+                if base and temp is not None:
+                    gpu_rows.append(dict(group[v], temp_vs_scan=temp / base))
+    for r in gpu_rows:
+        if r["variant"].endswith("+checkpoint") and "temp_vs_scan" in r:
+            how = f"compiled for {r.get('compiled_for', jax.default_backend())}" + (
+                f", kernels {r['compiled_with']}" if r.get("compiled_with") else "")
+            add(f"{r['variant']} at GPU sizes: compiled temporaries vs scan", r["model"],
+                r["temp_vs_scan"], TARGETS["checkpoint_temp_vs_scan"],
+                f"T={r['T']}, batch {r['batch']}, {how}; not run")
+    return out
 
 
 def memory_sweep(model: Model, Ts, kernel_backend, *,
@@ -493,9 +717,21 @@ def _mib(b) -> str:
     return f"{b / 2**20:8.1f}" if b else "       -"
 
 
-def format_table(rows: list[dict], sweep: list[dict] | None = None) -> str:
-    """The models table (one block per model) and the memory sweep."""
+def _fits(r) -> str:
+    fits = r.get("fits")
+    if not fits:
+        return f"{'-':>13}"
+    return "/".join(f"{fits[f'{g} GiB']:>6}" if fits[f"{g} GiB"] else f"{'-':>6}"
+                    for g in BUDGETS_GIB)
+
+
+def format_table(rows: list[dict], sweep: list[dict] | None = None,
+                 gpu_rows: list[dict] | None = None, checks: list[dict] | None = None) -> str:
+    """The models table (one block per model), the memory sweep, the GPU-size memory and
+    the targets."""
     lines = []
+    platform = next((r["compiled_for"] for r in rows + (gpu_rows or []) if "compiled_for" in r),
+                    jax.default_backend())
     for name in dict.fromkeys(r["model"] for r in rows):
         group = [r for r in rows if r["model"] == name]
         g = group[0]
@@ -506,22 +742,31 @@ def format_table(rows: list[dict], sweep: list[dict] | None = None) -> str:
                      + f" ({g['neuron_steps']:,} neuron-steps per training step)")
         lines.append(f"{'variant':<16} {'ms/step':>9} {'min..max':>19} {'samples/s':>10} "
                      f"{'x best':>7} {'XLA MiB':>8} {'temp MiB':>8} {'mem x':>6} "
-                     f"{'peak MiB':>8} {'resid B/n-step':>14}")
+                     f"{'peak MiB':>8} {'resid B/n-step':>14} {'batch fits 24/80 GiB':>21}")
         for r in group:
+            mem = r.get("memory", {})
             if "ms" in r:
                 t = (f"{r['ms']:9.3f} {r['ms_min']:9.3f}..{r['ms_max']:<8.3f} "
                      f"{r['samples_per_s']:10.1f} {r.get('speedup_vs_best_baseline', 0):7.2f}")
-                mem = r["memory"]
                 m = (f"{_mib(mem.get('total'))} {_mib(mem.get('temp'))} "
                      + (f"{r['memory_vs_best_baseline']:6.2f}" if "memory_vs_best_baseline"
                         in r else "     -") + f" {_mib(r.get('peak_bytes'))}")
             else:
-                t = f"{'needs a GPU (or --backends interpret)':<48}"
-                m = f"{'':>33}"
-            lines.append(f"{r['variant']:<16} {t} {m} {r['residual_bytes_per_step']:14.2f}")
+                t = f"{'not run: needs a GPU (or --backends interpret)':<48}"
+                m = (f"{_mib(mem.get('total'))} {_mib(mem.get('temp'))} {'i':>6} {'':>8}"
+                     if mem else f"{'':>33}")
+            lines.append(f"{r['variant']:<16} {t} {m} {r['residual_bytes_per_step']:14.2f} "
+                         f"{_fits(r):>21}")
         auto = next((r for r in group if "auto_vs_reference" in r), None)
         if auto:
             lines.append(f"# step-auto vs step-reference: {auto['auto_vs_reference']:.2f}x")
+        if any(r.get("compiled_with") == "interpret" for r in group):
+            lines.append("# i: compiled with the kernels interpreted (XLA:CPU), not run: XLA's "
+                         "account of that program, not of the GPU kernels")
+    if any("fits" in r for r in rows):
+        lines.append(f"# batch fits: the largest batch whose compiled step fits 24 / 80 GiB, "
+                     f"extrapolated from XLA's account at two batch sizes, compiled for "
+                     f"{platform}")
     if sweep:
         lines.append("\n## memory vs T, one LIF layer (model long): MiB kept for the backward "
                      "(vjp residuals) / XLA's account of the compiled training step")
@@ -535,6 +780,25 @@ def format_table(rows: list[dict], sweep: list[dict] | None = None) -> str:
                 cells.append(f"{r['residual_bytes'] / 2**20:9.1f} / "
                              + (f"{total / 2**20:9.1f}" if total else f"{'-':>9}"))
             lines.append(f"{T:>6} " + " ".join(f"{c:>22}" for c in cells))
+    if gpu_rows:
+        lines.append(f"\n## the training step at the GPU sizes, compiled for {platform} and "
+                     "not run: XLA's account (MiB) at half and the whole batch")
+        lines.append(f"{'model':<6} {'variant':<18} {'kernels':<10} {'temp b/2':>9} "
+                     f"{'temp b':>9} {'total b':>9} {'temp x scan':>11} "
+                     f"{'batch fits 24/80 GiB':>21}")
+        for r in gpu_rows:
+            mems = [r["memory_by_batch"][str(b)] for b in r["batches"]]
+            lines.append(f"{r['model']:<6} {r['variant']:<18} {r.get('compiled_with') or '-':<10} "
+                         f"{_mib(mems[0].get('temp')):>9} {_mib(mems[1].get('temp')):>9} "
+                         f"{_mib(mems[1].get('total')):>9} "
+                         + (f"{r['temp_vs_scan']:11.2f}" if "temp_vs_scan" in r else f"{'-':>11}")
+                         + f" {_fits(r):>21}")
+    if checks:
+        lines.append("\n## targets (issue 16)")
+        for c in checks:
+            lines.append(f"{'met ' if c['met'] else 'MISSED'} {c['model']:<5} {c['what']}: "
+                         f"{c['value']:.3g} (target <= {c['bar']:g})"
+                         + (f"  [{c['note']}]" if c["note"] else ""))
     return "\n".join(lines)
 
 
@@ -569,6 +833,67 @@ def plot_memory(sweep: list[dict], path: str, meta: dict) -> str:
                  f" | commit {meta.get('commit', '?')}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Canvas(fig)
+    fig.savefig(path)
+    return path
+
+
+def plot_memory_vs_batch(rows: list[dict], gpu_rows: list[dict] | None, path: str,
+                         meta: dict) -> str:
+    """XLA's account of the compiled training step against the batch, one panel per model
+    (and per model at the GPU sizes): the two compiled points of every variant and their
+    line extrapolated to the largest batch that fits 80 GiB; the 24 and 80 GiB budgets."""
+    import os
+
+    from spikefuse.plot import _matplotlib
+
+    Figure, Canvas = _matplotlib()
+    panels = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        group = [r for r in rows if r["model"] == name and "fits" in r]
+        if group:
+            g = group[0]
+            panels.append((f"{name}, T={g['T']} (this run's sizes)", group))
+    for name in dict.fromkeys(r["model"] for r in gpu_rows or []):
+        group = [r for r in gpu_rows or [] if r["model"] == name and "fits" in r]
+        if group:
+            panels.append((f"{name}, T={group[0]['T']} (GPU sizes, compiled, not run)", group))
+    if not panels:
+        raise ValueError("nothing to plot: no variant was compiled at two batch sizes")
+    fig = Figure(figsize=(7 * min(len(panels), 2), 4.8 * math.ceil(len(panels) / 2)), dpi=100,
+                 layout="constrained")
+    axes = list(fig.subplots(math.ceil(len(panels) / 2), min(len(panels), 2),
+                             squeeze=False).flat)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, group) in zip(axes, panels):
+        low = min(int(b) for r in group for b in r["memory_by_batch"])
+        for i, r in enumerate(group):
+            pts = sorted((int(b), m["total"]) for b, m in r["memory_by_batch"].items())
+            fit = r["fits"]
+            end = fit.get(f"{BUDGETS_GIB[-1]} GiB") or pts[-1][0]
+            xs = np.geomspace(pts[0][0], max(end, pts[-1][0]), 64)
+            style = dict(color=f"C{i % 10}", linestyle="-" if i < 10 else "--")
+            ax.plot(xs, (fit["fixed"] + fit["per_sample"] * xs) / 2**30, linewidth=1,
+                    label=r["variant"] + (" (kernels interpreted)" if r.get("compiled_with")
+                                          == "interpret" else ""), **style)
+            ax.plot(*zip(*[(b, m / 2**30) for b, m in pts]), marker="o", markersize=4,
+                    linestyle="none", color=style["color"])
+        for gib in BUDGETS_GIB:
+            ax.axhline(gib, color="0.5", linestyle=":", linewidth=1)
+            ax.text(low, gib, f" {gib} GiB", fontsize=7, va="bottom", color="0.4")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("GiB (XLA's account of the compiled step)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    fig.suptitle(f"training memory vs batch: dots compiled, lines extrapolated; compiled for "
+                 f"{meta.get('platform', '?')} | jax {meta.get('jax', '?')} | "
+                 f"{meta.get('date', '')} | commit {meta.get('commit', '?')}", fontsize=9)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Canvas(fig)
