@@ -48,6 +48,17 @@ def pallas_triton() -> ModuleType | None:
         return None
 
 
+def require_pallas_triton(instead: str) -> ModuleType:
+    """`pallas_triton`, or an ``ImportError`` naming the jax version and ``instead`` (the
+    Mosaic GPU module to use) where the installed jax has no Triton lowering."""
+    plt = pallas_triton()
+    if plt is None:
+        raise ImportError(f"the Triton kernels need jax's Pallas Triton lowering, which jax "
+                          f"{jax_version()} does not have; use the Mosaic GPU kernels "
+                          f"({instead})")
+    return plt
+
+
 def has_triton() -> bool:
     """Whether the installed jax can lower Pallas kernels through Triton."""
     return pallas_triton() is not None

@@ -210,12 +210,7 @@ def _chunks(n: int, block_size: int) -> list[tuple[int, int]]:
 
 
 def _triton():
-    plt = _compat.pallas_triton()
-    if plt is None:
-        raise ImportError(f"the Triton kernels need jax's Pallas Triton lowering, which jax "
-                          f"{_compat.jax_version()} does not have; use the Mosaic GPU "
-                          "kernels (spikefuse.kernels.mgpu_elementwise)")
-    return plt
+    return _compat.require_pallas_triton("spikefuse.kernels.mgpu_elementwise")
 
 
 def _pallas(operands, n, is_scalar, grad_fn, compute_dtype, out_dtype, interpret, config):

@@ -332,12 +332,7 @@ def _triton_launch(kernel, operands, out_shape, N, config, interpret, name):
 
 
 def _triton():
-    plt = _compat.pallas_triton()
-    if plt is None:
-        raise ImportError(f"the Triton kernels need jax's Pallas Triton lowering, which jax "
-                          f"{_compat.jax_version()} does not have; use the Mosaic GPU "
-                          "kernels (spikefuse.kernels.mgpu_scan)")
-    return plt
+    return _compat.require_pallas_triton("spikefuse.kernels.mgpu_scan")
 
 
 def _triton_rows(block, n, cdt):
