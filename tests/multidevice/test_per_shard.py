@@ -270,6 +270,27 @@ def test_engine_two_state_per_shard(mesh_name, types, monkeypatch):
     assert "all-reduce" in found
 
 
+def _kernel_sizes(monkeypatch, elementwise_module, scan_module):
+    """A list that receives the size of the main operand of every kernel call of a family
+    (its elementwise spike and its scan kernels). Interpreted, a kernel is plain XLA code
+    that the partitioner could split by itself, so "no gathers" alone does not show that
+    each kernel runs on its shard; the sizes it was built for do."""
+    sizes = []
+
+    def spy(real, main):
+        def call(*a, **k):
+            sizes.append(main(a).size)
+            return real(*a, **k)
+        return call
+
+    for mod, name, main in [(elementwise_module, "heaviside", lambda a: a[0]),
+                            (elementwise_module, "grad_mul", lambda a: a[0]),
+                            (scan_module, "scan_forward", lambda a: a[1][0]),
+                            (scan_module, "scan_backward", lambda a: a[1][0])]:
+        monkeypatch.setattr(mod, name, spy(getattr(mod, name), main))
+    return sizes
+
+
 # The TPU kernels: blocks of (16, 128) and chunks of 3 (each shard is one block here; the
 # blocks themselves are tested in test_tpu_scan.py and test_neurons.py).
 TPU_CFG = tpu_scan.TpuScanConfig(chunk=3, block_rows=16, block_cols=128)
@@ -280,22 +301,7 @@ def test_tpu_kernels_per_shard(mesh_name, types, monkeypatch):
     """backend="interpret_tpu" (the TPU kernels, interpreted) per shard: fire, LIF and a
     user's two-state step give the unsharded results, with no gathers in the program."""
     monkeypatch.setattr(tpu_scan, "default_config", lambda *a: TPU_CFG)  # multistep's
-    # Interpreted, a kernel is plain XLA code that the partitioner could split by itself,
-    # so "no gathers" alone does not show that each kernel runs on its shard: record the
-    # size of the main operand every TPU kernel call is built for.
-    sizes = []
-
-    def spy(real, main):
-        def call(*a, **k):
-            sizes.append(main(a).size)
-            return real(*a, **k)
-        return call
-
-    for mod, name, main in [(tpu_elementwise, "heaviside", lambda a: a[0]),
-                            (tpu_elementwise, "grad_mul", lambda a: a[0]),
-                            (tpu_scan, "scan_forward", lambda a: a[1][0]),
-                            (tpu_scan, "scan_backward", lambda a: a[1][0])]:
-        monkeypatch.setattr(mod, name, spy(getattr(mod, name), main))
+    sizes = _kernel_sizes(monkeypatch, tpu_elementwise, tpu_scan)
     mesh = make_mesh(mesh_name, types)
     spec = LAYOUTS[mesh_name]
 
@@ -342,19 +348,7 @@ def test_mgpu_kernels_per_shard(mesh_name, types, monkeypatch):
     shard_map (Explicit axes) and custom_partitioning (Auto axes): fire and a user's
     two-state step give the unsharded results, each kernel built for one device's block."""
     monkeypatch.setattr(mgpu_scan, "default_config", lambda *a: MGPU_CFG)  # multistep's
-    sizes = []
-
-    def spy(real, main):
-        def call(*a, **k):
-            sizes.append(main(a).size)
-            return real(*a, **k)
-        return call
-
-    for mod, name, main in [(mgpu_elementwise, "heaviside", lambda a: a[0]),
-                            (mgpu_elementwise, "grad_mul", lambda a: a[0]),
-                            (mgpu_scan, "scan_forward", lambda a: a[1][0]),
-                            (mgpu_scan, "scan_backward", lambda a: a[1][0])]:
-        monkeypatch.setattr(mod, name, spy(getattr(mod, name), main))
+    sizes = _kernel_sizes(monkeypatch, mgpu_elementwise, mgpu_scan)
     mesh = make_mesh(mesh_name, types)
     spec = LAYOUTS[mesh_name]
 
