@@ -31,10 +31,12 @@ TINY = {
 }
 # Every model in three forms; the remat, "auto" and braintools forms on the MLP only (each
 # compile costs CI time, and they share the code paths the other models check); the bits and
-# checkpoint forms on the conv net, whose pools move into the next block there.
+# checkpoint forms on the conv net, whose pools move into the next block there; the chunks
+# form on both (the conv net's pools and flatten run inside the chunk).
 CHECKS = [(m, v) for m in TINY for v in ("fused", "step-reference")] + [
     ("mlp", v) for v in ("fused+remat", "scan+remat", "step-auto", "step-braintools",
-                         "scan+bits")] + [("conv", "fused+bits"), ("conv", "fused+checkpoint")]
+                         "scan+bits", "fused+chunks")] + [
+    ("conv", "fused+bits"), ("conv", "fused+checkpoint"), ("conv", "scan+chunks")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,6 +125,22 @@ def test_bits_and_checkpoint_keep_the_spikes_between_layers_as_bits():
     assert per_layer[0] == 0 and per_layer[1] == pytest.approx(bits[1] / steps)
 
 
+def test_chunks_keep_the_membranes_at_the_chunk_starts_only():
+    """+chunks: T=12 in 6 chunks of 2 steps; between forward and backward nothing per step
+    is kept, only each LIF's membrane at the start of every chunk (the rest: the readout's
+    few per-sample numbers, and the chunk indices)."""
+    m = TINY["long"]
+    assert [bm.chunk_steps(T) for T in (32, 12, 4, 7, 11, 1024)] == [4, 2, 1, 1, 11, 128]
+    ((n1,),) = bm.neuron_shapes(m)
+    n_chunks = m.T // bm.chunk_steps(m.T)
+    model, params, x, labels = _setup("long")
+    for variant in ("fused+chunks", "scan+chunks"):
+        assert _per_step_arrays("long", variant) == []
+        res = vjp_residuals(bm.loss_fn(model, variant, "interpret"), params, x, labels)
+        big = [(r.shape, r.dtype) for r in res if not r.is_input and r.nbytes > 4 * m.batch * n1]
+        assert big == [((n_chunks, m.batch, n1), "float32")], big
+
+
 def test_largest_batch_is_the_line_through_two_compiled_points():
     GiB = 2**30
     fit = bm.largest_batch([(64, 1 * GiB + 64 * 3_000_000), (32, 1 * GiB + 32 * 3_000_000)])
@@ -143,7 +161,9 @@ def test_targets_read_the_rows():
         if r["ms"] is None:
             del r["ms"]
     gpu = [dict(model="mlp", variant="fused+checkpoint", T=32, batch=1024, temp_vs_scan=0.3,
-                compiled_for="cpu", compiled_with="interpret")]
+                compiled_for="cpu", compiled_with="interpret"),
+           dict(model="mlp", variant="scan+chunks", T=32, batch=1024, temp_vs_scan=0.4,
+                compiled_for="cpu")]
     got = {(c["what"], c["model"]): c for c in bm.targets(rows, gpu)}
     ckpt = got["fused+checkpoint: kept B per neuron-step", "mlp"]
     assert ckpt["value"] == 0.27 and ckpt["met"]
@@ -155,6 +175,8 @@ def test_targets_read_the_rows():
     assert got["scan+bits: time vs scan", "mlp"]["value"] == pytest.approx(1.05)
     temp = got["fused+checkpoint at GPU sizes: compiled temporaries vs scan", "mlp"]
     assert temp["met"] and "compiled for cpu" in temp["note"] and "not run" in temp["note"]
+    chunks = got["scan+chunks at GPU sizes: compiled temporaries vs scan", "mlp"]
+    assert chunks["value"] == 0.4 and chunks["met"] is False
     assert "## targets" in bm.format_table([], checks=bm.targets(rows, gpu))
 
 

@@ -29,9 +29,15 @@ Variants (the rows of each model):
   ((pool ->) op -> LIF), under ``spikefuse.memory.checkpoint`` with its input spikes kept as
   bits: nothing inside is kept, the backward recomputes the block. The first block's input,
   the data, is kept as it is (it is held anyway), in both;
+* ``fused+chunks``: the whole network over chunks of time (`chunk_steps`): a ``lax.scan``
+  over the chunks whose body — every block over one chunk, each LIF continuing from its
+  membrane at the chunk's start — is under ``jax.checkpoint``. The backward keeps the
+  membranes at the chunk boundaries and recomputes one chunk at a time, so its working set
+  is one chunk's: the way to a smaller peak, which per-block recomputation cannot give (it
+  still holds the largest block's whole sequence at once);
 * ``scan``: ``LIF(backend="reference")``: ``lax.scan`` with the library's default unroll;
-  ``scan+remat`` / ``scan+bits`` / ``scan+checkpoint`` the same memory modes (timed on a
-  CPU, where the fused kernels do not run);
+  ``scan+remat`` / ``scan+bits`` / ``scan+checkpoint`` / ``scan+chunks`` the same memory
+  modes (timed on a CPU, where the fused kernels do not run);
 * ``step-auto`` / ``step-reference`` / ``step-pallas`` / ``step-braintools``: the
   single-step form braintools' documentation writes: the time loop outside (a
   ``lax.scan`` over steps, unroll ``STEP_UNROLL``), every layer inside, a surrogate called
@@ -47,8 +53,8 @@ Variants that cannot run here (the fused kernels without a GPU) still get that r
 count: it is traced, not run. Without ``--quick`` each variant is also compiled at twice
 the batch, for the largest batch whose step fits a 24 and an 80 GiB device (extrapolated
 from XLA's account at the two batches, for the platform compiled for); ``--quick`` instead
-compiles ``scan``, ``scan+remat``, ``scan+checkpoint`` and ``fused+checkpoint`` at the GPU
-sizes (not run); both print the targets of issue 16 (`targets`).
+compiles ``scan``, ``scan+remat``, the ``+checkpoint`` and the ``+chunks`` variants at the
+GPU sizes (not run); both print the targets of issue 16 (`targets`).
 """
 
 from __future__ import annotations
@@ -70,7 +76,8 @@ from spikefuse.benchmark.timing import compile_all, on_accelerator, time_interle
 from spikefuse.memory import residual_bytes, spike_conv, spike_matmul
 from spikefuse.neurons import LIF
 
-__all__ = ["MODELS", "QUICK_MODELS", "VARIANTS", "Model", "available_variants", "chain",
+__all__ = ["MAX_CHUNKS", "MODELS", "QUICK_MODELS", "VARIANTS", "Model", "available_variants",
+           "chain", "chunk_steps", "chunked_forward",
            "format_table", "forward_fn", "gpu_size_memory", "init_params", "inputs",
            "largest_batch", "loss_fn", "memory_sweep", "neuron_shapes", "neuron_steps",
            "plot_memory", "plot_memory_vs_batch", "run", "targets", "train_step_fn"]
@@ -120,9 +127,10 @@ QUICK_MODELS = {
                    ("flatten",), ("readout", 10))),
     "long": Model("long", 256, 8, (64,), (("dense", 256), ("readout", 10))),
 }
-VARIANTS = ("fused", "fused+remat", "fused+bits", "fused+checkpoint", "scan", "scan+remat",
-            "scan+bits", "scan+checkpoint", "step-auto", "step-reference", "step-pallas",
-            "step-braintools")
+VARIANTS = ("fused", "fused+remat", "fused+bits", "fused+checkpoint", "fused+chunks", "scan",
+            "scan+remat", "scan+bits", "scan+checkpoint", "scan+chunks", "step-auto",
+            "step-reference", "step-pallas", "step-braintools")
+MAX_CHUNKS = 8  # +chunks: time in at most this many chunks (`chunk_steps`)
 FUSED = tuple(v for v in VARIANTS if v.startswith("fused"))
 
 
@@ -303,11 +311,52 @@ def chain(model: Model, neuron, memory: str = "") -> list:
 
 
 def multistep_forward(model, params, x_seq, neuron, memory: str = ""):
-    """The logits of the multi-step network (`chain`) on ``x_seq``."""
+    """The logits of the multi-step network (`chain`; `chunked_forward` for ``"chunks"``)
+    on ``x_seq``."""
+    if memory == "chunks":
+        return chunked_forward(model, params, x_seq, neuron)
     h = x_seq
     for f, p in zip(chain(model, neuron, memory), params):
         h = f(p, h)
     return h
+
+
+def chunk_steps(T: int) -> int:
+    """+chunks: steps per chunk, T over the largest number of chunks that divides T and is at
+    most ``MAX_CHUNKS`` (T=32: 8 chunks of 4; T=4: 4 of 1)."""
+    return T // max(n for n in range(1, min(T, MAX_CHUNKS) + 1) if T % n == 0)
+
+
+def chunked_forward(model, params, x_seq, neuron):
+    """The logits of the multi-step network computed chunk by chunk in time (``fused+chunks``
+    / ``scan+chunks``): a ``lax.scan`` over chunks of `chunk_steps` steps whose body, under
+    ``jax.checkpoint``, runs every block over the chunk — each LIF from its membrane at the
+    chunk's start (``v0``) — and adds the chunk's last-layer spikes to the readout's count.
+    Between forward and backward it keeps the membranes at the chunk boundaries; the backward
+    recomputes one chunk at a time."""
+    T, batch = x_seq.shape[:2]
+    steps = chunk_steps(T)
+    *body_blocks, (_, readout) = [(kind, p) for (kind, *_), p in zip(model.blocks, params)]
+    readout_in = next(shape for kind, _, shape, _ in _walk(model) if kind == "readout")
+
+    @jax.checkpoint
+    def body(carry, c):
+        vs, count = carry
+        # The chunk sliced here, not scanned over: a scan would keep a reshaped copy of the
+        # data as its own residual, where the slice reads the input itself.
+        h, new = jax.lax.dynamic_slice_in_dim(x_seq, c * steps, steps), []
+        for kind, p in body_blocks:
+            if kind in ("pool", "flatten"):
+                h = _reshape(kind, h)
+            else:
+                h, v = neuron(_op(kind, p, h), vs[len(new)])
+                new.append(v)
+        return (new, count + h.sum(axis=0)), None
+
+    vs = [jnp.zeros((batch, *shape), x_seq.dtype) for shape in neuron_shapes(model)]
+    (_, count), _ = jax.lax.scan(body, (vs, jnp.zeros((batch, *readout_in), x_seq.dtype)),
+                                 jnp.arange(T // steps))
+    return (count / T) @ readout["w"] + readout["b"]
 
 
 def firing_rates(model: Model, params, x_seq) -> list[float]:
@@ -423,7 +472,7 @@ def available_variants(kernel_backend: str | None, braintools: bool = True) -> l
     out = []
     if kernel_backend:
         out += list(FUSED)
-    out += ["scan", "scan+remat", "scan+bits", "scan+checkpoint", "step-auto",
+    out += ["scan", "scan+remat", "scan+bits", "scan+checkpoint", "scan+chunks", "step-auto",
             "step-reference"]
     if on_accelerator():
         out.append("step-pallas")
@@ -442,8 +491,8 @@ def kept_per_neuron_step(model, variant, params, x_seq, labels, kernel_backend=N
 def kept_per_layer(model, variant, params, x_seq, kernel_backend=None) -> list[float] | None:
     """Bytes per neuron-step of the whole model that each entry of ``model.blocks`` keeps
     (``spikefuse.memory.residual_bytes_per_layer`` over `chain`); None for the single-step
-    forms, whose layers share one time loop."""
-    if not variant.startswith(("fused", "scan")):
+    forms and ``+chunks``, whose layers share one time loop."""
+    if not variant.startswith(("fused", "scan")) or variant.endswith("+chunks"):
         return None
     neuron = _lif("reference" if variant.startswith("scan") else kernel_backend or "interpret")
     return mem.residual_bytes_per_layer(chain(model, neuron, variant.partition("+")[2]),
@@ -582,7 +631,8 @@ def add_ratios(group: list[dict]) -> None:
             r["auto_vs_reference"] = ref["ms"] / r["ms"]
 
 
-GPU_SIZE_VARIANTS = ("scan", "scan+remat", "scan+checkpoint", "fused+checkpoint")
+GPU_SIZE_VARIANTS = ("scan", "scan+remat", "scan+checkpoint", "fused+checkpoint",
+                     "scan+chunks", "fused+chunks")
 
 
 def gpu_size_memory(names, kernel_backend, *, variants=GPU_SIZE_VARIANTS,
@@ -668,7 +718,7 @@ def targets(rows: list[dict], gpu_rows: list[dict] | None = None) -> list[dict]:
                 if base and temp is not None:
                     gpu_rows.append(dict(group[v], temp_vs_scan=temp / base))
     for r in gpu_rows:
-        if r["variant"].endswith("+checkpoint") and "temp_vs_scan" in r:
+        if r["variant"].endswith(("+checkpoint", "+chunks")) and "temp_vs_scan" in r:
             how = f"compiled for {r.get('compiled_for', jax.default_backend())}" + (
                 f", kernels {r['compiled_with']}" if r.get("compiled_with") else "")
             add(f"{r['variant']} at GPU sizes: compiled temporaries vs scan", r["model"],
