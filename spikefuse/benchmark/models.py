@@ -344,7 +344,8 @@ def chunked_forward(model, params, x_seq, neuron):
         vs, count = carry
         # The chunk sliced here, not scanned over: a scan would keep a reshaped copy of the
         # data as its own residual, where the slice reads the input itself.
-        h, new = jax.lax.dynamic_slice_in_dim(x_seq, c * steps, steps), []
+        h = jax.lax.dynamic_slice_in_dim(x_seq, c * steps, steps)
+        new: list = []  # each LIF's membrane at the chunk's end
         for kind, p in body_blocks:
             if kind in ("pool", "flatten"):
                 h = _reshape(kind, h)
