@@ -2,7 +2,7 @@
 # The one prepared GPU script: correctness of the compiled kernels, then the benchmarks.
 # Run on the GPU machine from the repo root: `bash bench/gpu_run.sh` (writes logs to $OUT,
 # or ./out when OUT is unset), or `bash bench/gpu_run.sh STEP...` for some steps only
-# (gpu_tests families elementwise neurons engine models).
+# (gpu_tests gpu_x64 families elementwise neurons engine models).
 #
 # Time: the whole run stays within BUDGET seconds (default 570, under the 10 minutes one
 # command may take on a lent GPU). Steps run in the order below, each with its own limit,
@@ -26,7 +26,7 @@ T_START=$(date +%s)
   git rev-parse --short HEAD 2>/dev/null || true
 } 2>&1 | tee "$OUT/env.txt"
 
-WANTED=" ${*:-gpu_tests families elementwise neurons engine models} "
+WANTED=" ${*:-gpu_tests gpu_x64 families elementwise neurons engine models} "
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
   case "$WANTED" in *" $name "*) ;; *) return 0 ;; esac
@@ -48,6 +48,9 @@ step() {  # step NAME SECONDS COMMAND...
 # "pallas_mgpu" (Mosaic GPU), every surrogate and every neuron (tests skip without a GPU).
 step gpu_tests 180 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py \
   tests/test_gpu_neurons.py
+# Both families compiled with jax_enable_x64 on (issue 18): f32 and f64, spikes exact.
+step gpu_x64 90 python3 -m pytest -q -p no:cacheprovider tests/test_x64.py \
+  -k "pallas_triton or pallas_mgpu"
 # Triton vs Mosaic GPU: elementwise at 2^28 f32, every built-in neuron and AdEx at T=32 x 4M
 # f32, forward+backward, with the copy ceiling.
 step families 150 python3 bench/families.py --out "$OUT"

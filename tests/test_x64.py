@@ -38,6 +38,11 @@ from spikefuse.neurons import LIF, PLIF, engine
 
 ALPHA = 3.0
 BACKENDS = ("reference", "interpret", "interpret_tpu", "interpret_mgpu")
+# The compiled GPU kernels, where a GPU is (bench/gpu_run.sh runs these): the Triton and the
+# Mosaic GPU family, with x64 on, as on the interpreters above.
+on_gpu = pytest.mark.skipif(jax.default_backend() not in ("gpu", "cuda"),
+                            reason="compiled GPU kernels: needs a GPU (bench/gpu_run.sh)")
+COMPILED = [pytest.param(b, marks=on_gpu) for b in ("pallas_triton", "pallas_mgpu")]
 # Chunks of K = 4 steps: T = 11 runs two full chunks (a checkpoint between them) and a tail.
 K, T = 4, 11
 CONFIGS = {"reference": {}, "interpret": {"config": scan.ScanConfig(block=32, chunk=K,
@@ -181,7 +186,7 @@ def test_kernel_bodies_use_one_integer_type(family, interpret):
 
 # -- every backend, every operation, f32 and f64 ------------------------------------------
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, *COMPILED])
 def test_elementwise_spike(backend, dtype):
     """fire(v, thr) and its gradient against H and g' in numpy float64."""
     rng = np.random.default_rng(0)
@@ -231,7 +236,7 @@ def _run_engine(backend, dtype):
     else:
         def fn(x, i, p):
             return engine.run(_alif, x, i, p, surrogate=sg.Sigmoid(alpha=ALPHA),
-                              backend=backend, **CONFIGS[backend])
+                              backend=backend, **CONFIGS.get(backend, {}))
 
     args = _problem(dtype)
     cts = _random_like(jax.eval_shape(fn, *args), 2)
@@ -252,7 +257,7 @@ def _random_like(tree, seed):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("backend", [b if b != "interpret_mgpu" else pytest.param(
-    b, marks=mgpu_full) for b in BACKENDS])
+    b, marks=mgpu_full) for b in BACKENDS] + COMPILED)
 def test_engine_forward_tangent_and_bptt(backend, dtype):
     """A user step through the engine: spikes exactly the oracle's, the final state, forward
     mode and every reverse-mode gradient (inputs, initial states, parameters) within the
@@ -284,7 +289,7 @@ def _assert_same(on, off):
 
 
 @pytest.mark.parametrize("backend", [b if b != "interpret_mgpu" else pytest.param(
-    b, marks=mgpu_full) for b in BACKENDS])
+    b, marks=mgpu_full) for b in BACKENDS] + COMPILED)
 def test_builtin_neurons_do_not_depend_on_x64(backend):
     """LIF and PLIF (the neurons of the bug report) on float32 inputs: a loss through their
     spikes and its gradient, equal bit for bit with x64 on and off."""
