@@ -271,9 +271,11 @@ def small_tpu_blocks(monkeypatch):
     monkeypatch.setattr(tpu_elementwise, "default_config", lambda M, D, dtype: small)
 
 
-@pytest.mark.parametrize("cls, dtype, shape", TPU_CASES)
-def test_interpret_tpu_equals_reference(small_tpu_blocks, cls, dtype, shape):
-    rng = np.random.default_rng(zlib.crc32(f"{cls.__name__}{shape}".encode()))
+def _interpreted_equals_reference(backend, cls, dtype, shape, seed):
+    """``backend``'s spike (forward, reverse and forward mode) against the reference's on
+    random inputs with exact ties at the threshold: spikes exactly, derivatives within
+    ``TPU_TOL`` (f32: 1e-5 relative; bf16: one rounding of t * g')."""
+    rng = np.random.default_rng(zlib.crc32(seed.encode()))
     spec = next((s for s in SHAPES if s.cls is cls), None)
     s = cls(**_random_params(spec, rng)) if spec else cls()
     x = rng.normal(0, 2, shape)
@@ -281,7 +283,7 @@ def test_interpret_tpu_equals_reference(small_tpu_blocks, cls, dtype, shape):
     x = jnp.asarray(x, dtype)
     ct = jnp.asarray(rng.normal(0, 1, shape), dtype)
     ref, ker = jax.jit(lambda x, ct: (_fwd_vjp_jvp(s, x, 0.25, ct, "reference"),
-                                      _fwd_vjp_jvp(s, x, 0.25, ct, "interpret_tpu")))(x, ct)
+                                      _fwd_vjp_jvp(s, x, 0.25, ct, backend)))(x, ct)
     assert ker[0].shape == shape and ker[0].dtype == dtype
     np.testing.assert_array_equal(np.asarray(ker[0]), np.asarray(ref[0]))  # spikes exactly
     rtol, atol = TPU_TOL[dtype]
@@ -289,6 +291,11 @@ def test_interpret_tpu_equals_reference(small_tpu_blocks, cls, dtype, shape):
         assert got.dtype == want.dtype == dtype
         np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
                                    rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("cls, dtype, shape", TPU_CASES)
+def test_interpret_tpu_equals_reference(small_tpu_blocks, cls, dtype, shape):
+    _interpreted_equals_reference("interpret_tpu", cls, dtype, shape, f"{cls.__name__}{shape}")
 
 
 def test_interpret_tpu_operand_kinds(small_tpu_blocks):
@@ -340,21 +347,7 @@ def small_mgpu_blocks(monkeypatch):
 @mgpu_full
 @pytest.mark.parametrize("cls, dtype, shape", MGPU_CASES)
 def test_interpret_mgpu_equals_reference(small_mgpu_blocks, cls, dtype, shape):
-    rng = np.random.default_rng(zlib.crc32(f"mgpu{cls.__name__}{shape}".encode()))
-    spec = next((s for s in SHAPES if s.cls is cls), None)
-    s = cls(**_random_params(spec, rng)) if spec else cls()
-    x = rng.normal(0, 2, shape)
-    x.reshape(-1)[::5] = 0.25  # exact ties with the threshold: H = 1 there
-    x = jnp.asarray(x, dtype)
-    ct = jnp.asarray(rng.normal(0, 1, shape), dtype)
-    ref, ker = jax.jit(lambda x, ct: (_fwd_vjp_jvp(s, x, 0.25, ct, "reference"),
-                                      _fwd_vjp_jvp(s, x, 0.25, ct, "interpret_mgpu")))(x, ct)
-    assert ker[0].shape == shape and ker[0].dtype == dtype
-    np.testing.assert_array_equal(np.asarray(ker[0]), np.asarray(ref[0]))  # spikes exactly
-    # f32: 1e-5 relative as for the TPU kernels (QPseudoSpike's pow is exp(y log x) here:
-    # a few ulp more than XLA's pow); bf16: one rounding of t * g'.
-    rtol, atol = TPU_TOL[dtype]
-    for got, want in zip(ker[1:], ref[1:]):  # reverse mode, forward mode
-        assert got.dtype == want.dtype == dtype
-        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
-                                   rtol=rtol, atol=atol)
+    # The TPU kernels' tolerances: QPseudoSpike's pow is exp(y log x) here, a few ulp more
+    # than XLA's pow, within 1e-5 relative.
+    _interpreted_equals_reference("interpret_mgpu", cls, dtype, shape,
+                                  f"mgpu{cls.__name__}{shape}")
