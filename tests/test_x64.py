@@ -29,6 +29,7 @@ import neuron_oracle
 from jax.extend import core as jcore
 from jax.ref import AbstractRef
 from lowering import KERNEL_CALL, MGPU_CALL, export_for, mgpu_full
+from test_engine import alif_2 as _alif  # the engine's user step: two states, two inputs
 
 import spikefuse
 from spikefuse import surrogate as sg
@@ -200,16 +201,6 @@ def test_elementwise_spike(backend, dtype):
     assert spikes.dtype == grad.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(np.asarray(spikes), (u >= 0).astype(dtype))
     _close(grad, ct * _sigmoid_gprime(u), dtype)
-
-
-def _alif(state, xs, p, fire):
-    """The engine's user step: two states, two inputs, a state-dependent threshold."""
-    v, a = state
-    exc, inh = xs
-    h = v * p["decay"] + exc - 0.5 * inh
-    theta = p["thr"] + p["beta"] * a
-    s = fire(h, theta)
-    return s, (h - theta * s, p["rho"] * a + (1.0 - p["rho"]) * s)
 
 
 def _problem(dtype):
