@@ -165,6 +165,27 @@ def test_gpu_family_is_triton_until_measured(monkeypatch):
         dispatch.gpu_family("neuron")
 
 
+def test_auto_picks_only_measured_gpu_kernels(monkeypatch, no_triton):
+    # Without Triton, "pallas" would compile the Mosaic GPU kernels, which no GPU
+    # measurement backs: "auto" runs the reference there, on every GPU platform name.
+    for platform in ("gpu", "cuda"):
+        for op in dispatch.OPS:
+            assert dispatch.resolve("auto", op=op, platform=platform) == "reference"
+    assert dispatch.resolve("auto", op="neurons", platform="tpu") == "pallas"
+    assert dispatch.resolve("pallas", op="neurons", platform="gpu") == "pallas"  # explicit
+    with dispatch.use_backend("auto"):
+        assert dispatch.resolve(op="neurons", platform="gpu") == "reference"
+    # once a measurement backs them, "auto" picks them
+    monkeypatch.setitem(dispatch.AUTO_GPU_FAMILIES, "neurons", ("triton", "mgpu"))
+    assert dispatch.resolve("auto", op="neurons", platform="gpu") == "pallas"
+
+
+def test_auto_picks_the_measured_triton_kernels(monkeypatch):
+    assert dispatch.resolve("auto", op="neurons", platform="gpu") == "pallas"
+    monkeypatch.setitem(dispatch.GPU_FAMILY, "neurons", "mgpu")  # a row turned, the table not
+    assert dispatch.resolve("auto", op="neurons", platform="gpu") == "reference"
+
+
 def test_without_triton_pallas_compiles_the_mosaic_gpu_kernels(no_triton):
     for op in dispatch.OPS:
         assert dispatch.gpu_family(op) == "mgpu"

@@ -62,7 +62,10 @@ faster than the reference:
   ``step-reference``); until one does, the reference runs. ``"pallas"`` stays available.
 * GPU, neurons -> ``"pallas"``: the fused forward and BPTT kernels, 2.75-9.38x faster than
   the best ``lax.scan`` of unroll 1/8/32 for LIF forward+backward (H200, bench/RESULTS.md,
-  2026-11-30, run 4). Measured per layer, not yet in a model on a GPU.
+  2026-11-30, run 4). Measured per layer, not yet in a model on a GPU. That measurement is
+  of the Triton kernels: on a jax without the Triton lowering, where ``"pallas"`` would
+  compile the Mosaic GPU kernels (never run on a GPU), ``"auto"`` picks ``"reference"``
+  instead, until a GPU measurement adds ``"mgpu"`` to the table ``AUTO_GPU_FAMILIES``.
 * TPU mirrors the GPU rows: elementwise -> ``"reference"`` (a ``pallas_call`` is as opaque
   to XLA on a TPU, which fuses the reference's elementwise code itself), neurons ->
   ``"pallas"`` (the fused Mosaic kernels move the same bytes per neuron-step as the GPU
@@ -92,6 +95,7 @@ from spikefuse.kernels import _compat
 
 __all__ = [
     "AUTO",
+    "AUTO_GPU_FAMILIES",
     "BACKENDS",
     "COMPILED",
     "ENV_VAR",
@@ -126,6 +130,13 @@ AUTO = {
     ("gpu", "neurons"): "pallas",
     ("tpu", "elementwise"): "reference",  # as on GPU; not measured on a TPU
     ("tpu", "neurons"): "pallas",  # as on GPU; not measured on a TPU
+}
+# The GPU kernel families a measurement backs AUTO's "pallas" rows with, per operation
+# (bench/RESULTS.md). Where "pallas" would compile another family (`gpu_family`: a jax
+# without the Triton lowering gets the Mosaic GPU kernels), "auto" picks "reference".
+AUTO_GPU_FAMILIES = {
+    "elementwise": ("triton",),
+    "neurons": ("triton",),  # Mosaic GPU not yet run on a GPU
 }
 # jax.default_backend() names -> the table's platform names.
 _PLATFORM_ALIASES = {"cuda": "gpu"}
@@ -185,7 +196,8 @@ def resolve(backend: str | None = None, *, op: str = "elementwise",
 
     Returns:
       An explicit name unchanged; ``"auto"`` looked up in ``AUTO`` (``"reference"`` for a
-      platform the table does not list).
+      platform the table does not list, and on a GPU where ``"pallas"`` would compile a
+      kernel family no measurement backs: ``AUTO_GPU_FAMILIES``).
 
     Example:
       >>> from spikefuse.kernels import dispatch
@@ -203,7 +215,11 @@ def resolve(backend: str | None = None, *, op: str = "elementwise",
         return name
     platform = jax.default_backend() if platform is None else platform
     platform = _PLATFORM_ALIASES.get(platform, platform)
-    return AUTO.get((platform, op), "reference")
+    choice = AUTO.get((platform, op), "reference")
+    if choice == "pallas" and platform == "gpu" and (
+            gpu_family(op) not in AUTO_GPU_FAMILIES[op]):
+        return "reference"
+    return choice
 
 
 class BackendUnavailableError(RuntimeError):
@@ -221,7 +237,8 @@ _FAMILY_NAMES = {"triton": "Triton", "mgpu": "Mosaic GPU", "tpu": "Mosaic TPU"}
 
 # The GPU family "pallas" compiles per operation while jax has both (see the module
 # docstring). A row turns to "mgpu" when a GPU measurement (bench/gpu_run.sh, recorded in
-# bench/RESULTS.md) shows the Mosaic GPU kernels at least as fast as the Triton ones for it.
+# bench/RESULTS.md) shows the Mosaic GPU kernels at least as fast as the Triton ones for it
+# (and then "mgpu" joins AUTO_GPU_FAMILIES[op] too).
 GPU_FAMILY = {
     "elementwise": "triton",  # Mosaic GPU not yet run on a GPU
     "neurons": "triton",  # Mosaic GPU not yet run on a GPU
