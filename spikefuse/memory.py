@@ -11,6 +11,9 @@ backward re-reads. This module removes both, in JAX's own idiom:
   the rebuilt operand).
 * `checkpoint`: ``jax.checkpoint`` whose ``spike_argnums`` arguments are kept as bits; nothing
   computed inside the function is kept, its backward re-runs it (one extra forward).
+* `scan`: ``lax.scan`` over chunks of time that keeps only its inputs (spikes as bits) and
+  recomputes everything else one chunk at a time in the backward: what `checkpoint` keeps,
+  with a working set of one chunk instead of the whole sequence (two extra forwards).
 * `residual_bytes` / `residuals`: how many bytes ``jax.vjp`` of a function keeps, traced
   abstractly (nothing is computed), per argument and per layer.
 
@@ -45,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["CHECK_ENV", "Residual", "checkpoint", "residual_bytes",
-           "residual_bytes_per_layer", "residuals", "spike_conv", "spike_matmul"]
+           "residual_bytes_per_layer", "residuals", "scan", "spike_conv", "spike_matmul"]
 
 #: The environment variable that turns the 0/1 check on for every call whose ``check`` is
 #: ``None`` ("1", "true" or "yes"; read when the call is traced).
@@ -393,6 +396,305 @@ def checkpoint(fn: Callable, *, spike_argnums: int | Sequence[int] = (),
         return _kept_as_bits(flat_fn, flat, is_spike)
 
     return checkpointed
+
+
+def _floating(x, name: str) -> jax.Array:
+    """``x`` as a floating array of a strong dtype (itself when it is one already), or a
+    ``TypeError`` naming ``name``."""
+    try:
+        arr = x if isinstance(x, jax.Array) else jnp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a floating array, got {type(x).__name__}: {err}"
+                        ) from None
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating (it is differentiated), got dtype "
+                        f"{arr.dtype}")
+    if getattr(jax.typeof(arr), "weak_type", False):  # a Python float: made float32 proper
+        arr = arr.astype(arr.dtype)
+    return arr
+
+
+def _zero_after(anchor) -> jax.Array:
+    """A scalar 0 computed from ``anchor`` (a sum over its first row, not one element:
+    taking an element of a sharded array would gather it)."""
+    if not anchor.size:
+        return jnp.zeros((), anchor.dtype)
+    return jnp.sum(jax.lax.slice_in_dim(anchor, 0, 1) * 0)
+
+
+def _explicit_spec(x) -> tuple | None:
+    """The mesh axes per axis of ``x``'s type on Explicit mesh axes, else None."""
+    try:
+        sharding = x.sharding if isinstance(x, jax.ShapeDtypeStruct) else jax.typeof(x).sharding
+        spec = tuple(sharding.spec)
+    except Exception:  # no sharding in the type (Auto axes, no mesh)
+        return None
+    return spec + (None,) * (len(x.shape) - len(spec)) if any(spec) else None
+
+
+def _buffer(zero, shape, dtype, spec) -> jax.Array:
+    """An array of ``shape`` that the caller fills before reading it, broadcast from
+    ``zero`` (`_zero_after`): XLA cannot then allocate it before ``zero``'s anchor exists. (A
+    constant has no operand: XLA:CPU merges equal ones and schedules them at the program's
+    start, holding the buffer until the loop that fills it — maybe the end of the
+    backward.) ``spec``: its sharding on Explicit mesh axes (None: none)."""
+    return jax.lax.broadcast_in_dim(
+        zero.astype(dtype), shape, (),
+        out_sharding=None if spec is None else jax.sharding.PartitionSpec(*spec))
+
+
+def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
+         check: bool | None = None):
+    """``jax.lax.scan`` over ``chunks`` chunks of time, whose backward keeps only its inputs
+    and recomputes everything else, one chunk at a time.
+
+    ``f(carry, x_chunk) -> (carry, y_chunk)`` runs over one chunk of ``T / chunks`` steps:
+    ``x_chunk`` is ``xs[i*L:(i+1)*L]`` (every leaf sliced along its first axis, time) and
+    ``y_chunk`` has ``L`` steps along its first axis; the result is the final carry and the
+    ``y_chunk`` of all the chunks, in order, ``[T, ...]``. The forward runs ``f`` once per
+    chunk, like ``lax.scan`` over chunks. A network written as ``f`` (a layer, or all of
+    them, each neuron carrying its state from chunk to chunk) is then trained with a
+    backward that keeps ``init``, the arrays ``f`` closes over, and ``xs`` — as 1 bit per
+    value where they are spikes (``spikes``), as they are otherwise — and **nothing
+    computed**: not the per-step residuals of ``lax.scan``, not the carries at the chunk
+    starts that ``lax.scan(jax.checkpoint(f))`` keeps. The backward recomputes those
+    carries (one sweep forward through the chunks), then goes back through the chunks,
+    recomputing and differentiating one at a time: its working set is one chunk's, plus
+    the carries at the chunk starts and the cotangent of ``xs``.
+
+    The price is two extra forwards (``jax.checkpoint`` pays one): more chunks save more
+    memory and cost no more recomputation, but each ``f`` call then sees fewer steps at
+    once. ``chunks=1`` is `checkpoint` with ``xs`` as bits. Gradients equal those of
+    ``lax.scan`` over the same chunks up to float rounding — the backward differentiates the
+    same ``f`` on the same values, but may sum over the chunks in another order. Works under
+    ``jit``, ``vmap``, ``grad`` (also of second order); reverse mode only (a
+    ``jax.custom_vjp``). ``f`` must be pure (it runs three times).
+
+    Args:
+      f: ``f(carry, x_chunk) -> (carry, y_chunk)``, pytrees of floating arrays; the carry
+        out must match the carry in (structure, shapes, dtypes), as for ``lax.scan``.
+        Arrays it closes over (parameters, traced ones too) are differentiated.
+      init: the first carry, a pytree of floating arrays; a ``jax.ShapeDtypeStruct`` leaf
+        stands for zeros of its shape, dtype (and sharding, if it has one), built inside (a
+        neuron's usual start), which the backward then need not keep.
+      xs: a pytree of floating arrays with the same first axis ``T`` (time).
+      chunks: how many chunks ``T`` is cut into; must divide ``T``.
+      spikes: which leaves of ``xs`` are spikes, kept as bits (packed along their last
+        axis, or the last one not sharded, as in the module docstring's "Bits"): ``True``
+        (all, the default), ``False`` (none: data, kept as it is), or a pytree of bools
+        with the structure of ``xs``. A spike leaf needs a feature axis after time and
+        **must hold only 0 and 1** (another value would be rebuilt as 1 for the
+        backward; ``check`` finds it).
+      check: check every spike leaf and raise a ``ValueError`` naming it when one holds a
+        value other than 0 and 1 (module docstring: when); ``None`` reads
+        ``SPIKEFUSE_CHECK_SPIKES``.
+
+    Returns:
+      ``(carry, ys)``: the last carry, and the ``y_chunk`` of every chunk joined along time.
+
+    Raises:
+      TypeError: ``f`` not callable, ``chunks`` not an int, a leaf of ``init`` or ``xs``
+        not floating, ``spikes`` neither a bool nor a pytree of bools like ``xs``, or a
+        carry ``f`` returns unlike the one it was given.
+      ValueError: ``xs`` empty or its leaves of different lengths, ``chunks`` below 1 or
+        not dividing ``T``, a spike leaf without a feature axis, or a ``y_chunk`` not
+        ``T / chunks`` steps long.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from spikefuse import memory
+      >>> from spikefuse.neurons import LIF
+      >>> lif = LIF(tau=2.0)
+      >>> w = jnp.full((128, 64), 0.1)
+      >>> s = (jax.random.uniform(jax.random.key(0), (16, 8, 128)) < 0.2).astype(jnp.float32)
+      >>> def layer(v, s_chunk):                  # 4 steps of Dense -> LIF, from v
+      ...     spikes, v = lif(s_chunk @ w, v)
+      ...     return v, spikes
+      >>> v0 = jax.ShapeDtypeStruct((8, 64), jnp.float32)  # zeros, not kept
+      >>> _, out = memory.scan(layer, v0, s, chunks=4)
+      >>> out.shape
+      (16, 8, 64)
+      >>> kept = memory.residual_bytes(lambda s: memory.scan(layer, v0, s, chunks=4), s)
+      >>> kept / s.size  # bytes per input spike: s as bits, nothing computed
+      0.125
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__}")
+    if isinstance(chunks, (bool, np.bool_)) or not isinstance(chunks, (int, np.integer)):
+        raise TypeError(f"chunks must be an int, got {chunks!r}")
+    chunks = int(chunks)
+    if chunks < 1:
+        raise ValueError(f"chunks must be at least 1, got {chunks}")
+    checking = _checking(check)
+    x_leaves, x_tree = jax.tree.flatten(xs)
+    if not x_leaves:
+        raise ValueError("xs must hold at least one array (its first axis is time)")
+    if isinstance(spikes, (bool, np.bool_)):
+        is_spike = [bool(spikes)] * len(x_leaves)
+    else:
+        flags, flag_tree = jax.tree.flatten(spikes)
+        same = flag_tree == x_tree  # type: ignore[operator]  # PyTreeDef has __eq__
+        if not same or not all(isinstance(b, (bool, np.bool_)) for b in flags):
+            raise TypeError(f"spikes must be a bool or a pytree of bools with the structure "
+                            f"of xs ({x_tree}), got {spikes!r}")
+        is_spike = [bool(b) for b in flags]
+    leaves = []
+    for k, (x, spike) in enumerate(zip(x_leaves, is_spike)):
+        name = f"xs leaf {k}" + (" (spikes)" if spike else "")
+        x = _spike_operand(x, name) if spike else _floating(x, name)
+        if x.ndim < (2 if spike else 1):
+            raise ValueError(f"{name} has shape {x.shape}: it needs a time axis"
+                             + (" and a feature axis to pack its bits along (or spikes=False "
+                                "for it)" if spike else ""))
+        if spike and checking:
+            _check_binary(name, x)
+        leaves.append(x)
+    T = leaves[0].shape[0]
+    if any(x.shape[0] != T for x in leaves):
+        raise ValueError(f"every leaf of xs needs the same first axis (time); got lengths "
+                         f"{[x.shape[0] for x in leaves]}")
+    if T % chunks:
+        raise ValueError(f"chunks ({chunks}) must divide the length of xs ({T})")
+    steps = T // chunks
+    init_leaves, init_tree = jax.tree.flatten(init)
+    zero_at = [isinstance(c, jax.ShapeDtypeStruct) for c in init_leaves]
+    for c, zero in zip(init_leaves, zero_at):
+        if zero and not jnp.issubdtype(c.dtype, jnp.floating):
+            raise TypeError(f"init must be floating (it is differentiated), got a "
+                            f"ShapeDtypeStruct of dtype {c.dtype}")
+    given = tuple(_floating(c, "init") for c, zero in zip(init_leaves, zero_at) if not zero)
+
+    def first_carry(given):
+        """``init``, its ShapeDtypeStruct leaves as zeros: built here, never kept."""
+        rest = iter(given)
+        return jax.tree.unflatten(init_tree, [
+            jnp.zeros(c.shape, c.dtype, out_sharding=c.sharding) if zero else next(rest)
+            for c, zero in zip(init_leaves, zero_at)])
+
+    init = first_carry(given)
+
+    def chunk_fn(carry, x_chunk):
+        new, y = f(carry, x_chunk)
+        same = jax.tree.structure(new) == jax.tree.structure(carry)  # type: ignore[operator]
+        if not same or any(
+                (a.shape, a.dtype) != (b.shape, b.dtype)
+                for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(carry))):
+            raise TypeError(
+                "f must return a carry like the one it is given (structure, shapes, dtypes): "
+                f"got {jax.tree.map(jax.typeof, new)} for {jax.tree.map(jax.typeof, carry)}")
+        bad = [jnp.shape(a) for a in jax.tree.leaves(y) if jnp.ndim(a) < 1
+               or jnp.shape(a)[0] != steps]
+        if bad:
+            raise ValueError(f"every leaf of f's y_chunk needs {steps} steps (T / chunks) "
+                             f"along its first axis; got shapes {bad}")
+        return new, y
+
+    first = jax.tree.unflatten(x_tree, [x[:steps] for x in leaves])
+    converted, closed = jax.closure_convert(chunk_fn, init, first)
+    consts = tuple(closed)
+    y_shapes = jax.eval_shape(converted, init, first, *consts)[1]
+    metas: list[_Packed | None] = [None] * len(leaves)
+
+    def chunk_of(kept, i, packed):
+        """Chunk ``i`` of the xs leaves: from ``kept``, bits where ``packed`` has a meta."""
+        out = []
+        for x, meta in zip(kept, packed):
+            piece = jax.lax.dynamic_slice_in_dim(x, i * steps, steps)
+            if meta is not None:
+                piece = _unpack(piece, dataclasses.replace(meta, shape=(steps, *meta.shape[1:])))
+            out.append(piece)
+        return jax.tree.unflatten(x_tree, out)
+
+    def step(carry, x_chunk, k):
+        return converted(carry, x_chunk, *k)
+
+    plain: list[_Packed | None] = [None] * len(leaves)
+
+    def time_major(spec):  # a [T, ...] buffer sharded as a chunk of it (time: not sharded)
+        return None if spec is None else (None, *spec[1:])
+
+    x_specs = [time_major(_explicit_spec(x)) for x in leaves]
+    y_specs = jax.tree.map(lambda y: time_major(_explicit_spec(y)), y_shapes)
+    carry_specs = [None if sp is None else (None, *sp)
+                   for sp in map(_explicit_spec, jax.tree.leaves(init))]
+
+    def forward(carry, xs_leaves, k):
+        zero = _zero_after(xs_leaves[0])
+        ys = jax.tree.map(lambda a, sp: _buffer(zero, (T, *a.shape[1:]), a.dtype, sp),
+                          y_shapes, y_specs, is_leaf=lambda a: a is None)
+
+        def body(i, state):
+            carry, ys = state
+            carry, y = step(carry, chunk_of(xs_leaves, i, plain), k)
+            ys = jax.tree.map(lambda buf, v: jax.lax.dynamic_update_slice_in_dim(
+                buf, v, i * steps, 0), ys, y)
+            return carry, ys
+
+        return jax.lax.fori_loop(0, chunks, body, (carry, ys))
+
+    @jax.custom_vjp
+    def run(given, xs_leaves, k):
+        return forward(first_carry(given), xs_leaves, k)
+
+    def run_fwd(given, xs_leaves, k):
+        kept = []
+        for j, (x, spike) in enumerate(zip(xs_leaves, is_spike)):
+            if spike:
+                words, meta = _pack(x)
+                metas[j] = meta
+                if meta.axis == 0:
+                    raise ValueError(f"xs leaf {j} (spikes): every axis but time is sharded, "
+                                     "and its bits are packed along an axis other than time; "
+                                     "leave one feature axis unsharded, or spikes=False")
+                kept.append(words)
+            else:
+                kept.append(x)
+        return forward(first_carry(given), xs_leaves, k), (given, tuple(kept), k)
+
+    def run_bwd(res, ct):
+        given, kept, k = res
+        carry0 = first_carry(given)
+        ct_carry, ct_ys = ct
+        # As in `checkpoint`: nothing recomputed before the cotangent exists.
+        kept, ct_carry, ct_ys = jax.lax.optimization_barrier((kept, ct_carry, ct_ys))
+        kept = list(kept)
+        zero = _zero_after((jax.tree.leaves(ct_ys) + jax.tree.leaves(ct_carry))[0])
+        # Sweep 1: the carry at the start of chunks 1 .. chunks-1 (none for one chunk).
+        starts = jax.tree.unflatten(jax.tree.structure(carry0), [
+            _buffer(zero, (chunks - 1, *c.shape), c.dtype, sp)
+            for c, sp in zip(jax.tree.leaves(carry0), carry_specs)])
+
+        def remember(i, state):
+            carry, starts = state
+            carry, _ = step(carry, chunk_of(kept, i, metas), k)
+            return carry, jax.tree.map(lambda buf, c: buf.at[i].set(c), starts, carry)
+
+        if chunks > 1:
+            _, starts = jax.lax.fori_loop(0, chunks - 1, remember, (carry0, starts))
+        # Sweep 2: back through the chunks, each recomputed and differentiated.
+        dxs = [_buffer(zero, m.shape if m else x.shape, m.dtype if m else x.dtype, sp)
+               for x, m, sp in zip(kept, metas, x_specs)]
+
+        def back(j, state):
+            d_carry, d_k, dxs = state
+            i = chunks - 1 - j
+            carry = carry0 if chunks == 1 else jax.tree.map(lambda c0, buf: jnp.where(
+                i == 0, c0, buf[jnp.maximum(i - 1, 0)]), carry0, starts)
+            _, pullback = jax.vjp(step, carry, chunk_of(kept, i, metas), k)
+            ct_y = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, i * steps, steps),
+                                ct_ys)
+            d_carry, d_x, dk = pullback((d_carry, ct_y))
+            dxs = [jax.lax.dynamic_update_slice_in_dim(buf, d, i * steps, 0)
+                   for buf, d in zip(dxs, jax.tree.leaves(d_x))]
+            return d_carry, jax.tree.map(jnp.add, d_k, dk), dxs
+
+        d_k0 = jax.tree.map(jnp.zeros_like, k)
+        d_carry, d_k, dxs = jax.lax.fori_loop(0, chunks, back, (ct_carry, d_k0, dxs))
+        d_given = tuple(d for d, zero in zip(jax.tree.leaves(d_carry), zero_at) if not zero)
+        return d_given, tuple(dxs), d_k
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(given, tuple(leaves), consts)
 
 
 # -- what a backward keeps ----------------------------------------------------------------

@@ -353,6 +353,193 @@ def test_bad_arguments(call, err, match):
         call()
 
 
+# -- scan: chunks of time, recomputed ----------------------------------------------------------
+# Each neuron as f(carry, x_chunk) -> (carry, spikes) over a chunk, its state carried on.
+CARRIED = {
+    "lif": (lambda backend: LIF(tau=2.0, backend=backend), lambda shape: jnp.zeros(shape)),
+    "alif": (lambda backend: lambda x, c: ALIF(tau=2.0, tau_a=5.0, beta=0.5, backend=backend)(
+        x, *c), lambda shape: (jnp.zeros(shape), jnp.zeros(shape))),
+    "user-step": (lambda backend: lambda x, c: multistep(
+        _user_step, x, c, {"k": 0.5}, surrogate=Sigmoid(alpha=4.0), backend=backend),
+        lambda shape: (jnp.zeros(shape), jnp.zeros(shape))),
+}
+T_SCAN = 12
+
+
+def carried_layer(neuron, w):
+    def f(carry, s_chunk):
+        out, carry = neuron(s_chunk @ w, carry)
+        return carry, out
+    return f
+
+
+def by_lax_scan(f, init, xs, chunks):
+    """The same chunks through ``lax.scan``: the reference memory.scan must equal."""
+    steps = T_SCAN // chunks
+    carry, ys = jax.lax.scan(f, init, jax.tree.map(
+        lambda x: x.reshape(chunks, steps, *x.shape[1:]), xs))
+    return carry, jax.tree.map(lambda y: y.reshape(T_SCAN, *y.shape[2:]), ys)
+
+
+def carry_and_ys_grads(run, w, init, s):
+    """Value and gradients of a loss of both the last carry and every output."""
+    ct_y = normal((T_SCAN, B, N_OUT), seed=5)
+
+    def loss(w, init, s):
+        carry, ys = run(w, init, s)
+        return (ys * ct_y).sum() + sum((c * (i + 1.5)).sum()
+                                       for i, c in enumerate(jax.tree.leaves(carry)))
+    return jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(w, init, s)
+
+
+@pytest.mark.parametrize("backend", ["reference", "interpret"])
+@pytest.mark.parametrize("neuron", list(CARRIED))
+@pytest.mark.parametrize("chunks", [1, 3, 12])
+def test_scan_equals_lax_scan_over_the_same_chunks(neuron, backend, chunks):
+    make, zeros = CARRIED[neuron]
+    s, w = spikes((T_SCAN, B, N_IN)), normal((N_IN, N_OUT))  # 21 inputs: a packing tail
+    init = jax.tree.map(lambda z: z + 0.3, zeros((B, N_OUT)))
+
+    def mine(w, init, s):
+        return memory.scan(carried_layer(make(backend), w), init, s, chunks=chunks)
+
+    def plain(w, init, s):
+        return by_lax_scan(carried_layer(make(backend), w), init, s, chunks)
+
+    assert_bitwise(jax.jit(mine)(w, init, s), jax.jit(plain)(w, init, s))  # the forward
+    got, want = carry_and_ys_grads(mine, w, init, s), carry_and_ys_grads(plain, w, init, s)
+    assert_close(got, want)  # the order of summation across chunks may differ by an ulp
+    assert float(jnp.abs(want[1][2]).max()) > 0  # the spikes get a gradient: it fires
+
+
+def test_scan_keeps_the_bits_and_its_inputs_only():
+    lif = LIF(tau=2.0)
+    s, w = spikes((T_SCAN, B, N_IN)), normal((N_IN, N_OUT))
+    v0 = normal((B, N_OUT), seed=3)
+
+    def run(w, v0, s):
+        return memory.scan(carried_layer(lif, w), v0, s, chunks=4)
+
+    kept = memory.residuals(run, w, v0, s)
+    assert sorted((r.dtype, r.nbytes, r.argnum) for r in kept) == sorted(
+        [("float32", w.nbytes, 0), ("float32", v0.nbytes, 1),
+         ("uint8", bits_bytes(s.shape), None)])
+    # a ShapeDtypeStruct init: zeros built inside, not kept; spikes=False: xs kept as is
+    zeros = jax.ShapeDtypeStruct(v0.shape, v0.dtype)
+    data = memory.residuals(lambda w, s: memory.scan(carried_layer(lif, w), zeros, s,
+                                                     chunks=4, spikes=False), w, s)
+    assert sorted((r.dtype, r.nbytes, r.argnum) for r in data) == sorted(
+        [("float32", w.nbytes, 0), ("float32", s.nbytes, 1)])
+    # lax.scan over jax.checkpoint'ed chunks keeps the carry at every chunk start and s
+    remat = memory.residual_bytes(lambda w, v0, s: by_lax_scan(
+        jax.checkpoint(carried_layer(lif, w)), v0, s, 4), w, v0, s, exclude_inputs=(0,))
+    assert remat >= s.nbytes + 3 * v0.nbytes
+
+
+def test_scan_pytrees_mixed_spikes_bf16_and_zero_init():
+    """xs a dict of a bf16 spike train and float32 data; the carry a tuple, one leaf zeros."""
+    lif = LIF(tau=2.0)
+    xs = {"s": spikes((T_SCAN, B, N_IN), jnp.bfloat16), "d": normal((T_SCAN, B, N_OUT))}
+    w = normal((N_IN, N_OUT))
+
+    def f(carry, x):
+        v, total = carry
+        out, v = lif((x["s"] @ w.astype(jnp.bfloat16)).astype(jnp.float32) + x["d"], v)
+        return (v, total + out.sum(0)), {"out": out}
+
+    def mine(w, xs):
+        init = (jax.ShapeDtypeStruct((B, N_OUT), jnp.float32), jnp.ones((B, N_OUT)))
+        return memory.scan(f, init, xs, chunks=3, spikes={"s": True, "d": False})
+
+    def plain(w, xs):
+        return by_lax_scan(f, (jnp.zeros((B, N_OUT)), jnp.ones((B, N_OUT))), xs, 3)
+
+    def loss(run):
+        return lambda w, xs: sum((leaf * (i + 1)).sum() for i, leaf in enumerate(
+            jax.tree.leaves(run(w, xs))))
+
+    got = jax.jit(jax.value_and_grad(loss(mine), (0, 1)))(w, xs)
+    want = jax.jit(jax.value_and_grad(loss(plain), (0, 1)))(w, xs)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    assert got[1][1]["s"].dtype == jnp.bfloat16
+    assert_close(got, want)
+
+
+def test_scan_under_vmap_equals_one_example_at_a_time():
+    lif = LIF(tau=2.0, backend="interpret")
+    s, w = spikes((5, T_SCAN, B, N_IN)), normal((N_IN, N_OUT))
+    v0 = jax.ShapeDtypeStruct((B, N_OUT), jnp.float32)
+
+    def one(w, s):
+        return memory.scan(carried_layer(lif, w), v0, s, chunks=4)[1].sum()
+
+    got = jax.jit(jax.vmap(jax.grad(one), (None, 0)))(w, s)
+    want = [jax.jit(jax.grad(one))(w, s[i]) for i in range(5)]
+    assert_close(got, jnp.stack(want))
+
+
+def test_scan_second_order_equals_lax_scan():
+    """Hessian-vector products, reverse over reverse and forward over reverse."""
+    lif = LIF(tau=2.0, backend="reference")
+    s, w, v = spikes((T_SCAN, B, N_IN)), normal((N_IN, N_OUT)), normal((N_IN, N_OUT), seed=4)
+
+    def loss(run):
+        def f(w):
+            def chunk(c, x):
+                out, c = lif(2 * jnp.tanh(x @ w), c)
+                return c, out
+            return run(chunk, jnp.zeros((B, N_OUT)), s)[1].sum() + 0.1 * (w ** 3).sum()
+        return f
+
+    mine = loss(lambda f, init, s: memory.scan(f, init, s, chunks=4))
+    plain = loss(lambda f, init, s: by_lax_scan(f, init, s, 4))
+    for run in (lambda g: jax.grad(lambda w: jnp.vdot(jax.grad(g)(w), v))(w),
+                lambda g: jax.jvp(jax.grad(g), (w,), (v,))[1]):
+        assert_close(run(mine), run(plain))
+
+
+def test_scan_check_raises_on_a_half_spike():
+    s = spikes((T_SCAN, B, N_IN)).at[2, 1, 3].set(0.5)
+    f = carried_layer(LIF(), normal((N_IN, N_OUT)))
+    init = jnp.zeros((B, N_OUT))
+    with pytest.raises(ValueError, match=r"xs leaf 0 \(spikes\)\[2, 1, 3\] = 0.5"):
+        memory.scan(f, init, s, chunks=4, check=True)
+    memory.scan(f, init, s, chunks=4, spikes=False, check=True)  # data: not checked
+
+
+def _step(c, x):
+    return c, x
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda: memory.scan(3, 0.0, jnp.ones((4, 2)), chunks=2), TypeError, "f must be callable"),
+    (lambda: memory.scan(_step, 0.0, jnp.ones((4, 2)), chunks=True), TypeError,
+     "chunks must be an int"),
+    (lambda: memory.scan(_step, 0.0, jnp.ones((4, 2)), chunks=0), ValueError,
+     "chunks must be at least 1"),
+    (lambda: memory.scan(_step, 0.0, jnp.ones((6, 2)), chunks=4), ValueError,
+     r"chunks \(4\) must divide the length of xs \(6\)"),
+    (lambda: memory.scan(_step, 0.0, (), chunks=1), ValueError, "xs must hold at least one"),
+    (lambda: memory.scan(_step, 0.0, (jnp.ones((4, 2)), jnp.ones((3, 2))), chunks=1),
+     ValueError, "same first axis"),
+    (lambda: memory.scan(_step, 0.0, jnp.ones(4), chunks=2), ValueError,
+     "needs a time axis and a feature axis"),
+    (lambda: memory.scan(_step, 0.0, jnp.ones((4, 2), jnp.int32), chunks=2, spikes=False),
+     TypeError, "xs leaf 0 must be floating"),
+    (lambda: memory.scan(_step, 0, jnp.ones((4, 2)), chunks=2), TypeError,
+     "init must be floating"),
+    (lambda: memory.scan(_step, 0.0, (jnp.ones((4, 2)),), chunks=2, spikes=[True]),
+     TypeError, "spikes must be a bool or a pytree of bools"),
+    (lambda: memory.scan(lambda c, x: (x.sum(0), x), 0.0, jnp.ones((4, 2)), chunks=2),
+     TypeError, "f must return a carry like the one it is given"),
+    (lambda: memory.scan(lambda c, x: (c, x[:1]), 0.0, jnp.ones((4, 2)), chunks=2),
+     ValueError, r"needs 2 steps \(T / chunks\)"),
+])
+def test_scan_bad_arguments(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
 # -- residual_bytes per layer ------------------------------------------------------------------
 def test_residual_bytes_per_layer_adds_up_and_names_who_keeps_what():
     lif = LIF(tau=2.0, backend="reference")

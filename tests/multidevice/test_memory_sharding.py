@@ -75,3 +75,53 @@ def test_bits_and_checkpoint_per_shard(layout):
     extra = set(found) - set(baseline)
     assert not extra & set(GATHERS), f"gathers beyond plain JAX's: {found} vs {baseline}"
     assert tuple(ds.sharding.spec)[:len(spec)] == tuple(spec)
+
+
+def chunked_layers(s, w1, w2, ct, chunked=True):
+    """Two Dense -> LIF layers, each over chunks of time: under ``memory.scan`` (the spikes
+    as bits), or ``lax.scan`` over the same chunks (plain JAX)."""
+    def layer(w, backend):
+        def chunk(v, s_chunk):
+            out, v = sn.lif(s_chunk @ w, v, tau=2.0, backend=backend, config=CFG)
+            return v, out
+        return chunk
+
+    def run(f, init, xs):
+        if chunked:
+            return memory.scan(f, init, xs, chunks=5)[1]
+        return jax.lax.scan(f, init, xs.reshape(5, T // 5, *xs.shape[1:]))[1].reshape(
+            T, *xs.shape[1:-1], -1)
+
+    def zeros(x, n):  # [batch, n] zeros, sharded as x's batch (on Explicit axes too)
+        return jnp.zeros_like(x[0, :, :n])
+
+    h = run(layer(w1, "reference"), zeros(s, N_HID), s)
+    out = run(layer(w2, "interpret"), zeros(h, N_OUT), h)
+    return (out * ct).sum()
+
+
+@pytest.mark.parametrize("layout", ["1d-auto", "1d-explicit"])
+def test_scan_per_shard(layout):
+    """memory.scan over a batch-sharded spike train: equal to lax.scan over the same chunks
+    (sharded and not), and no gather beyond plain JAX's."""
+    mesh_name, types, spec = LAYOUTS[layout]
+    mesh = make_mesh(mesh_name, types)
+    f = jax.jit(jax.value_and_grad(chunked_layers, argnums=(0, 1, 2)), static_argnums=4)
+    want = f(S, W1, W2, CT, False)
+    placed = [jax.device_put(a, NamedSharding(mesh, sp))
+              for a, sp in ((S, spec), (W1, P()), (W2, P()), (CT, spec))]
+    with jax.set_mesh(mesh):
+        ours, theirs = (f.lower(*placed, chunked).compile() for chunked in (True, False))
+        got, plain = ours(*placed), theirs(*placed)
+        found, baseline = collectives(ours.as_text()), collectives(theirs.as_text())
+    assert float(jnp.abs(want[1][1]).max()) > 0  # both layers get gradients
+    for g, p in zip(jax.tree.leaves(got), jax.tree.leaves(plain)):
+        assert_same(g, p, "close")
+    loss, (ds, dw1, dw2) = got
+    assert_same(loss, want[0], "sum")
+    assert_same(ds, want[1][0], "close")
+    assert_same(dw1, want[1][1], "sum")
+    assert_same(dw2, want[1][2], "sum")
+    extra = set(found) - set(baseline)
+    assert not extra & set(GATHERS), f"gathers beyond plain JAX's: {found} vs {baseline}"
+    assert tuple(ds.sharding.spec)[:len(spec)] == tuple(spec)
