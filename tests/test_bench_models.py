@@ -125,20 +125,22 @@ def test_bits_and_checkpoint_keep_the_spikes_between_layers_as_bits():
     assert per_layer[0] == 0 and per_layer[1] == pytest.approx(bits[1] / steps)
 
 
-def test_chunks_keep_the_membranes_at_the_chunk_starts_only():
-    """+chunks: T=12 in 6 chunks of 2 steps; between forward and backward nothing per step
-    is kept, only each LIF's membrane at the start of every chunk (the rest: the readout's
-    few per-sample numbers, and the chunk indices)."""
-    m = TINY["long"]
+def test_chunks_keep_the_spikes_as_bits_and_no_membrane():
+    """+chunks: each block under memory.scan over chunks of time keeps what +checkpoint
+    keeps — layer 1's spikes as bits, the data as it is — and no membrane, neither per
+    step nor at the chunk starts (the LIFs start from zeros built inside)."""
     assert [bm.chunk_steps(T) for T in (32, 12, 4, 7, 11, 1024)] == [4, 2, 1, 1, 11, 128]
-    ((n1,),) = bm.neuron_shapes(m)
-    n_chunks = m.T // bm.chunk_steps(m.T)
-    model, params, x, labels = _setup("long")
+    m = TINY["mlp"]
+    (n1,), (n2,) = bm.neuron_shapes(m)
+    bits = ((m.T, m.batch, math.ceil(n1 / 8)), m.T * m.batch * math.ceil(n1 / 8))
+    model, params, x, _ = _setup("mlp")
+    steps = bm.neuron_steps(model)
     for variant in ("fused+chunks", "scan+chunks"):
-        assert _per_step_arrays("long", variant) == []
-        res = vjp_residuals(bm.loss_fn(model, variant, "interpret"), params, x, labels)
-        big = [(r.shape, r.dtype) for r in res if not r.is_input and r.nbytes > 4 * m.batch * n1]
-        assert big == [((n_chunks, m.batch, n1), "float32")], big
+        assert _per_step_arrays("mlp", variant) == [bits]
+        # per layer: the first keeps nothing (its input is the data), the second its input
+        # as bits and nothing else: a membrane kept would add 4 B x batch x neurons
+        per_layer = bm.kept_per_layer(model, variant, params, x, "interpret")
+        assert per_layer[:2] == [0, pytest.approx(bits[1] / steps)], per_layer
 
 
 def test_largest_batch_is_the_line_through_two_compiled_points():
@@ -155,8 +157,9 @@ def test_targets_read_the_rows():
     rows = [dict(model="mlp", variant=v, T=8, batch=32, residual_bytes_per_step=b, ms=ms,
                  memory=dict(temp=1), backend=None)
             for v, b, ms in (("fused", 6.85, None), ("fused+bits", 4.3, None),
-                             ("fused+checkpoint", 0.27, None), ("scan", 10.85, 2.0),
-                             ("scan+bits", 8.3, 2.1), ("scan+checkpoint", 0.27, 3.2))]
+                             ("fused+checkpoint", 0.27, None), ("fused+chunks", 1.2, None),
+                             ("scan", 10.85, 2.0), ("scan+bits", 8.3, 2.1),
+                             ("scan+checkpoint", 0.27, 3.2), ("scan+chunks", 1.2, 2.8))]
     for r in rows:
         if r["ms"] is None:
             del r["ms"]
@@ -173,6 +176,10 @@ def test_targets_read_the_rows():
     time = got["scan+checkpoint: time vs scan", "mlp"]
     assert time["value"] == pytest.approx(1.6) and not time["met"] and "reference" in time["note"]
     assert got["scan+bits: time vs scan", "mlp"]["value"] == pytest.approx(1.05)
+    # +chunks is held to the +checkpoint bars
+    assert got["fused+chunks: kept B per neuron-step", "mlp"]["met"] is False
+    assert got["scan+chunks: time vs scan", "mlp"]["value"] == pytest.approx(1.4)
+    assert got["scan+chunks: time vs scan", "mlp"]["met"]
     temp = got["fused+checkpoint at GPU sizes: compiled temporaries vs scan", "mlp"]
     assert temp["met"] and "compiled for cpu" in temp["note"] and "not run" in temp["note"]
     chunks = got["scan+chunks at GPU sizes: compiled temporaries vs scan", "mlp"]

@@ -29,12 +29,12 @@ Variants (the rows of each model):
   ((pool ->) op -> LIF), under ``spikefuse.memory.checkpoint`` with its input spikes kept as
   bits: nothing inside is kept, the backward recomputes the block. The first block's input,
   the data, is kept as it is (it is held anyway), in both;
-* ``fused+chunks``: the whole network over chunks of time (`chunk_steps`): a ``lax.scan``
-  over the chunks whose body — every block over one chunk, each LIF continuing from its
-  membrane at the chunk's start — is under ``jax.checkpoint``. The backward keeps the
-  membranes at the chunk boundaries and recomputes one chunk at a time, so its working set
-  is one chunk's: the way to a smaller peak, which per-block recomputation cannot give (it
-  still holds the largest block's whole sequence at once);
+* ``fused+chunks``: each block as ``fused+checkpoint`` has it, under
+  ``spikefuse.memory.scan`` over chunks of time (`chunk_steps`) instead: its LIF carries
+  its membrane from chunk to chunk, the backward keeps the block's input spikes as bits
+  (the data as it is) and nothing else — no membranes either — and recomputes the block
+  one chunk at a time, so its working set is one chunk's where ``+checkpoint`` holds the
+  largest block's whole sequence at once. It pays two extra forwards (``+checkpoint``: one);
 * ``scan``: ``LIF(backend="reference")``: ``lax.scan`` with the library's default unroll;
   ``scan+remat`` / ``scan+bits`` / ``scan+checkpoint`` / ``scan+chunks`` the same memory
   modes (timed on a CPU, where the fused kernels do not run);
@@ -77,7 +77,7 @@ from spikefuse.memory import residual_bytes, spike_conv, spike_matmul
 from spikefuse.neurons import LIF
 
 __all__ = ["MAX_CHUNKS", "MODELS", "QUICK_MODELS", "VARIANTS", "Model", "available_variants",
-           "chain", "chunk_steps", "chunked_forward",
+           "chain", "chunk_steps",
            "format_table", "forward_fn", "gpu_size_memory", "init_params", "inputs",
            "largest_batch", "loss_fn", "memory_sweep", "neuron_shapes", "neuron_steps",
            "plot_memory", "plot_memory_vs_batch", "run", "targets", "train_step_fn"]
@@ -267,6 +267,18 @@ def _block(kind, pre, neuron, memory, data):
         return jax.checkpoint(block)
     if memory == "checkpoint":
         return mem.checkpoint(block, spike_argnums=spike_argnums)
+    if memory == "chunks":
+        def chunked(p, s):
+            def chunk(v, s_chunk):  # the block over one chunk, its LIF from v
+                out, v = neuron(_op(kind, p, _reshaped(s_chunk, pre)), v)
+                return v, out
+
+            T = s.shape[0]
+            x = jax.eval_shape(lambda s: _op(kind, p, _reshaped(s, pre)), s[:1])
+            v0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)  # zeros, never kept
+            return mem.scan(chunk, v0, s, chunks=T // chunk_steps(T), spikes=not data)[1]
+
+        return chunked
     if memory != "bits":
         return block
     if pre:  # pooled spikes are not 0/1: the pool goes inside, recomputed from the bits
@@ -287,7 +299,8 @@ def chain(model: Model, neuron, memory: str = "") -> list:
     after a pooling as ``spikefuse.memory.checkpoint`` of (pool -> op) with the spikes as
     bits (pooled spikes are not 0/1; the pool is linear, so only it is recomputed);
     ``"checkpoint"`` each block from one LIF's spikes to the next, (pool ->) op -> LIF,
-    under ``spikefuse.memory.checkpoint`` with its input spikes as bits. With the last two,
+    under ``spikefuse.memory.checkpoint`` with its input spikes as bits; ``"chunks"`` each
+    such block under ``spikefuse.memory.scan`` over chunks of time. With the last three,
     a pool or flatten moves into the next block (its own entry does nothing)."""
     if model.blocks[-1][0] != "readout":
         raise ValueError(f"model {model.name} has no readout")
@@ -295,7 +308,7 @@ def chain(model: Model, neuron, memory: str = "") -> list:
     pending: list[str] = []  # pools and flattens moved into the next block
     for kind, *_ in model.blocks:
         if kind in ("pool", "flatten"):
-            if memory in ("bits", "checkpoint"):
+            if memory in ("bits", "checkpoint", "chunks"):
                 pending.append(kind)
                 fns.append(lambda p, h: h)
             else:
@@ -311,10 +324,7 @@ def chain(model: Model, neuron, memory: str = "") -> list:
 
 
 def multistep_forward(model, params, x_seq, neuron, memory: str = ""):
-    """The logits of the multi-step network (`chain`; `chunked_forward` for ``"chunks"``)
-    on ``x_seq``."""
-    if memory == "chunks":
-        return chunked_forward(model, params, x_seq, neuron)
+    """The logits of the multi-step network (`chain`) on ``x_seq``."""
     h = x_seq
     for f, p in zip(chain(model, neuron, memory), params):
         h = f(p, h)
@@ -325,39 +335,6 @@ def chunk_steps(T: int) -> int:
     """+chunks: steps per chunk, T over the largest number of chunks that divides T and is at
     most ``MAX_CHUNKS`` (T=32: 8 chunks of 4; T=4: 4 of 1)."""
     return T // max(n for n in range(1, min(T, MAX_CHUNKS) + 1) if T % n == 0)
-
-
-def chunked_forward(model, params, x_seq, neuron):
-    """The logits of the multi-step network computed chunk by chunk in time (``fused+chunks``
-    / ``scan+chunks``): a ``lax.scan`` over chunks of `chunk_steps` steps whose body, under
-    ``jax.checkpoint``, runs every block over the chunk — each LIF from its membrane at the
-    chunk's start (``v0``) — and adds the chunk's last-layer spikes to the readout's count.
-    Between forward and backward it keeps the membranes at the chunk boundaries; the backward
-    recomputes one chunk at a time."""
-    T, batch = x_seq.shape[:2]
-    steps = chunk_steps(T)
-    *body_blocks, (_, readout) = [(kind, p) for (kind, *_), p in zip(model.blocks, params)]
-    readout_in = next(shape for kind, _, shape, _ in _walk(model) if kind == "readout")
-
-    @jax.checkpoint
-    def body(carry, c):
-        vs, count = carry
-        # The chunk sliced here, not scanned over: a scan would keep a reshaped copy of the
-        # data as its own residual, where the slice reads the input itself.
-        h = jax.lax.dynamic_slice_in_dim(x_seq, c * steps, steps)
-        new: list = []  # each LIF's membrane at the chunk's end
-        for kind, p in body_blocks:
-            if kind in ("pool", "flatten"):
-                h = _reshape(kind, h)
-            else:
-                h, v = neuron(_op(kind, p, h), vs[len(new)])
-                new.append(v)
-        return (new, count + h.sum(axis=0)), None
-
-    vs = [jnp.zeros((batch, *shape), x_seq.dtype) for shape in neuron_shapes(model)]
-    (_, count), _ = jax.lax.scan(body, (vs, jnp.zeros((batch, *readout_in), x_seq.dtype)),
-                                 jnp.arange(T // steps))
-    return (count / T) @ readout["w"] + readout["b"]
 
 
 def firing_rates(model: Model, params, x_seq) -> list[float]:
@@ -492,8 +469,8 @@ def kept_per_neuron_step(model, variant, params, x_seq, labels, kernel_backend=N
 def kept_per_layer(model, variant, params, x_seq, kernel_backend=None) -> list[float] | None:
     """Bytes per neuron-step of the whole model that each entry of ``model.blocks`` keeps
     (``spikefuse.memory.residual_bytes_per_layer`` over `chain`); None for the single-step
-    forms and ``+chunks``, whose layers share one time loop."""
-    if not variant.startswith(("fused", "scan")) or variant.endswith("+chunks"):
+    forms, whose layers share one time loop."""
+    if not variant.startswith(("fused", "scan")):
         return None
     neuron = _lif("reference" if variant.startswith("scan") else kernel_backend or "interpret")
     return mem.residual_bytes_per_layer(chain(model, neuron, variant.partition("+")[2]),
@@ -676,7 +653,8 @@ TARGETS = dict(checkpoint_bytes=1.0, bits_vs_fused=0.6, checkpoint_temp_vs_scan=
 
 def targets(rows: list[dict], gpu_rows: list[dict] | None = None) -> list[dict]:
     """Issue 16's targets, read from the rows: one dict per check (``what``, ``model``,
-    ``value``, ``bar``, ``met``, ``note``)."""
+    ``value``, ``bar``, ``met``, ``note``). The ``+checkpoint`` bars (kept bytes, time,
+    temporaries at the GPU sizes) are checked for ``+chunks`` too."""
     out = []
 
     def add(what, model, value, bar, note=""):
@@ -688,16 +666,17 @@ def targets(rows: list[dict], gpu_rows: list[dict] | None = None) -> list[dict]:
         group = {r["variant"]: r for r in rows if r["model"] == name}
         if not group:
             continue
-        ckpt, bits, fused = (group.get(v, {}) for v in ("fused+checkpoint", "fused+bits",
-                                                          "fused"))
-        add("fused+checkpoint: kept B per neuron-step", name,
-            ckpt.get("residual_bytes_per_step"), TARGETS["checkpoint_bytes"])
+        bits, fused = group.get("fused+bits", {}), group.get("fused", {})
+        for v in ("fused+checkpoint", "fused+chunks"):  # +chunks: the same bars, for the peak
+            add(f"{v}: kept B per neuron-step", name,
+                group.get(v, {}).get("residual_bytes_per_step"), TARGETS["checkpoint_bytes"])
         if bits and fused:
             add("fused+bits: kept bytes vs fused", name,
                 bits["residual_bytes_per_step"] / fused["residual_bytes_per_step"],
                 TARGETS["bits_vs_fused"])
         scan = group.get("scan", {})
         for mode, bar in (("checkpoint", "checkpoint_time_vs_scan"),
+                          ("chunks", "checkpoint_time_vs_scan"),
                           ("bits", "bits_time_vs_scan")):
             timed = group.get(f"fused+{mode}", {})
             note = ""
