@@ -31,7 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "scaling.md"
 SCRIPT = ROOT / "examples" / "multihost.py"
-PORTS = range(29731, 29831)  # searched on 127.0.0.1 only, from a place set by the pid
+PORTS = range(29731, 29831)  # searched on 127.0.0.1 only, from a place set by version and pid
 TIMEOUT_S = 120  # per launch, all its processes together
 
 # Runs the example unchanged (runpy), then records what the test compares.
@@ -83,9 +83,12 @@ def _recipe() -> tuple[dict[str, str], list[list[str]], str, str]:
 
 
 def _free_port(taken: tuple[int, ...] = ()) -> int:
-    # Two test runs at once (CI runs both interpreters side by side) start their searches at
-    # different places, so they do not both find the same port before either binds it.
-    start = os.getpid() % len(PORTS)
+    # Two test runs at once must not both find the same port before either binds it: CI runs
+    # both interpreters side by side, so each Python minor version searches its own half of
+    # the range (pid-adjacent runs once collided there, when the search started at the pid);
+    # within it, the pid spreads other concurrent runs.
+    half = len(PORTS) // 2
+    start = (sys.version_info.minor % 2) * half + os.getpid() % (half // 2)
     for port in (p for p in [*PORTS[start:], *PORTS[:start]] if p not in taken):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
