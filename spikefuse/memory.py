@@ -448,8 +448,8 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
     """``jax.lax.scan`` over ``chunks`` chunks of time, whose backward keeps only its inputs
     and recomputes everything else, one chunk at a time.
 
-    ``f(carry, x_chunk) -> (carry, y_chunk)`` runs over one chunk of ``T / chunks`` steps:
-    ``x_chunk`` is ``xs[i*L:(i+1)*L]`` (every leaf sliced along its first axis, time) and
+    ``f(carry, x_chunk) -> (carry, y_chunk)`` runs over one chunk of ``L = T / chunks``
+    steps: ``x_chunk`` is ``xs[i*L:(i+1)*L]`` (every leaf sliced along its first axis, time) and
     ``y_chunk`` has ``L`` steps along its first axis; the result is the final carry and the
     ``y_chunk`` of all the chunks, in order, ``[T, ...]``. The forward runs ``f`` once per
     chunk, like ``lax.scan`` over chunks. A network written as ``f`` (a layer, or all of
@@ -497,8 +497,8 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
         not floating, ``spikes`` neither a bool nor a pytree of bools like ``xs``, or a
         carry ``f`` returns unlike the one it was given.
       ValueError: ``xs`` empty or its leaves of different lengths, ``chunks`` below 1 or
-        not dividing ``T``, a spike leaf without a feature axis, or a ``y_chunk`` not
-        ``T / chunks`` steps long.
+        not dividing ``T``, a spike leaf without a feature axis (or, on Explicit mesh axes,
+        with every axis but time sharded), or a ``y_chunk`` not ``T / chunks`` steps long.
 
     Example:
       >>> import jax, jax.numpy as jnp
