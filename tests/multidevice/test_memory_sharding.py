@@ -6,7 +6,9 @@ inputs sharded over the batch (1-D meshes, Auto and Explicit axes) and over the 
 the neurons (a 2-D Explicit mesh, where the bits are packed along the one axis not sharded,
 time). Forward values and per-element gradients equal the unsharded run's; the weights'
 gradients, summed across devices, to float32 rounding; and the compiled program holds no
-gather that plain JAX's program for the same function does not.
+gather that plain JAX's program for the same function does not. The same checks for two
+layers each under ``memory.scan`` over chunks of time, against ``lax.scan`` over the same
+chunks (batch sharded, Auto and Explicit axes).
 """
 
 import jax
@@ -49,32 +51,42 @@ def value_and_grads(s, w1, w2, ct, bits=True):
     return jax.value_and_grad(two_layers, argnums=(0, 1, 2))(s, w1, w2, ct, bits)
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_bits_and_checkpoint_per_shard(layout):
+def check_per_shard(f, layout, plain_how, ds_how):
+    """``f(s, w1, w2, ct, ours)`` (value and gradients; ``ours=False``: plain JAX's form)
+    on inputs placed by ``layout``: equal to plain JAX's sharded program (``plain_how``,
+    `assert_same`) and to the unsharded run — the loss and the weights' gradients summed
+    across devices in another order, the spikes' gradient ``ds_how`` — with no gather
+    beyond plain JAX's, and the spikes' gradient sharded as the spikes."""
     mesh_name, types, spec = LAYOUTS[layout]
     mesh = make_mesh(mesh_name, types)
-    f = jax.jit(value_and_grads, static_argnums=4)
+    f = jax.jit(f, static_argnums=4)
     want = f(S, W1, W2, CT, False)
     placed = [jax.device_put(a, NamedSharding(mesh, sp))
               for a, sp in ((S, spec), (W1, P()), (W2, P()), (CT, spec))]
     with jax.set_mesh(mesh):
-        ours, theirs = (f.lower(*placed, bits).compile() for bits in (True, False))
+        ours, theirs = (f.lower(*placed, flag).compile() for flag in (True, False))
         got, plain = ours(*placed), theirs(*placed)
         found, baseline = collectives(ours.as_text()), collectives(theirs.as_text())
     assert float(jnp.abs(want[1][1]).max()) > 0  # both layers get gradients
-    # sharded: equal to plain JAX's sharded program, bit for bit
     for g, p in zip(jax.tree.leaves(got), jax.tree.leaves(plain)):
-        assert_same(g, p, "exact")
-    # and to the unsharded run: sums over devices (loss, weights), and on the 2-D mesh the
-    # spikes' gradient too (its contraction is split over devices), in another order
+        assert_same(g, p, plain_how)
     loss, (ds, dw1, dw2) = got
     assert_same(loss, want[0], "sum")
-    assert_same(ds, want[1][0], "ulp" if mesh_name == "1d" else "close")
+    assert_same(ds, want[1][0], ds_how)
     assert_same(dw1, want[1][1], "sum")
     assert_same(dw2, want[1][2], "sum")
     extra = set(found) - set(baseline)
     assert not extra & set(GATHERS), f"gathers beyond plain JAX's: {found} vs {baseline}"
     assert tuple(ds.sharding.spec)[:len(spec)] == tuple(spec)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_bits_and_checkpoint_per_shard(layout):
+    # sharded: equal to plain JAX's sharded program, bit for bit; to the unsharded run, on
+    # the 2-D mesh the spikes' gradient too is summed in another order (its contraction is
+    # split over devices)
+    check_per_shard(value_and_grads, layout, "exact",
+                    "ulp" if LAYOUTS[layout][0] == "1d" else "close")
 
 
 def chunked_layers(s, w1, w2, ct, chunked=True):
@@ -104,24 +116,5 @@ def chunked_layers(s, w1, w2, ct, chunked=True):
 def test_scan_per_shard(layout):
     """memory.scan over a batch-sharded spike train: equal to lax.scan over the same chunks
     (sharded and not), and no gather beyond plain JAX's."""
-    mesh_name, types, spec = LAYOUTS[layout]
-    mesh = make_mesh(mesh_name, types)
-    f = jax.jit(jax.value_and_grad(chunked_layers, argnums=(0, 1, 2)), static_argnums=4)
-    want = f(S, W1, W2, CT, False)
-    placed = [jax.device_put(a, NamedSharding(mesh, sp))
-              for a, sp in ((S, spec), (W1, P()), (W2, P()), (CT, spec))]
-    with jax.set_mesh(mesh):
-        ours, theirs = (f.lower(*placed, chunked).compile() for chunked in (True, False))
-        got, plain = ours(*placed), theirs(*placed)
-        found, baseline = collectives(ours.as_text()), collectives(theirs.as_text())
-    assert float(jnp.abs(want[1][1]).max()) > 0  # both layers get gradients
-    for g, p in zip(jax.tree.leaves(got), jax.tree.leaves(plain)):
-        assert_same(g, p, "close")
-    loss, (ds, dw1, dw2) = got
-    assert_same(loss, want[0], "sum")
-    assert_same(ds, want[1][0], "close")
-    assert_same(dw1, want[1][1], "sum")
-    assert_same(dw2, want[1][2], "sum")
-    extra = set(found) - set(baseline)
-    assert not extra & set(GATHERS), f"gathers beyond plain JAX's: {found} vs {baseline}"
-    assert tuple(ds.sharding.spec)[:len(spec)] == tuple(spec)
+    check_per_shard(jax.value_and_grad(chunked_layers, argnums=(0, 1, 2)), layout, "close",
+                    "close")
