@@ -298,6 +298,40 @@ def test_builtin_neurons_do_not_depend_on_x64(backend):
         _assert_same(on, results())
 
 
+@pytest.mark.parametrize("backend", ["reference", "interpret"])
+def test_memory_scan_with_x64(backend):
+    """spikefuse.memory.scan (chunks of time, spikes kept as bits): float32 results equal bit
+    for bit with x64 on and off, and float64 ones equal to lax.scan over the same chunks."""
+    from spikefuse import memory
+
+    lif = LIF(tau=2.0, backend=backend)
+
+    def results(dtype):
+        s = jnp.asarray(np.random.default_rng(5).random((12, 3, 21)) < 0.3, dtype)
+        w = jnp.asarray(np.random.default_rng(6).normal(size=(21, 13)), dtype)
+
+        def chunk(w):
+            def f(v, s_chunk):
+                out, v = lif(s_chunk @ w, v)
+                return v, out
+            return f
+
+        ours = jax.jit(jax.value_and_grad(lambda w, s: memory.scan(
+            chunk(w), jax.ShapeDtypeStruct((3, 13), dtype), s, chunks=3)[1].sum(), (0, 1)))
+        plain = jax.jit(jax.value_and_grad(lambda w, s: jax.lax.scan(
+            chunk(w), jnp.zeros((3, 13), dtype), s.reshape(3, 4, 3, 21))[1].sum(), (0, 1)))
+        return ours(w, s), plain(w, s)
+
+    on, plain = results(jnp.float32)
+    assert float(jnp.abs(on[1][0]).sum()) > 0  # the weights get a gradient
+    with jax.enable_x64(False):
+        _assert_same(on, results(jnp.float32)[0])
+    ours64, plain64 = results(jnp.float64)
+    assert jax.tree.leaves(ours64)[1].dtype == jnp.float64
+    for a, b in zip(jax.tree.leaves(ours64), jax.tree.leaves(plain64)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+
+
 # -- the kernels lower for cuda and tpu with x64 on ----------------------------------------
 @pytest.mark.parametrize("platform, backend, dtype", [
     ("cuda", "pallas", "float32"), ("cuda", "pallas", "bfloat16"), ("cuda", "pallas", "float64"),
