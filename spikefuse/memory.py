@@ -414,6 +414,34 @@ def _floating(x, name: str) -> jax.Array:
     return arr
 
 
+def _weak(x) -> bool:
+    """Whether ``x`` is weakly typed: a Python scalar, or an array made from one."""
+    if isinstance(x, (bool, np.bool_, jax.ShapeDtypeStruct)):
+        return False
+    if isinstance(x, (int, float, complex)):
+        return True
+    return isinstance(x, jax.Array) and bool(getattr(jax.typeof(x), "weak_type", False))
+
+
+def _promote_weak(f, tree, leaves, zero_at, x_chunk) -> list:
+    """``leaves`` of ``init``, each weakly typed one (a Python float) cast to the dtype of the
+    carry ``f`` returns for it, as ``lax.scan`` does: ``init=0.0`` for a float32 carry is
+    then float32 with x64 on too. ``f`` is traced once more only when there is one."""
+    weak = [not zero and _weak(c) for c, zero in zip(leaves, zero_at)]
+    if not any(weak):
+        return list(leaves)
+    probe = [c if zero else jnp.asarray(c) for c, zero in zip(leaves, zero_at)]
+    try:
+        out = jax.eval_shape(f, jax.tree.unflatten(tree, probe), x_chunk)[0]
+    except Exception:  # left to the checked call of f, which names what is wrong
+        return list(leaves)
+    out_leaves, out_tree = jax.tree.flatten(out)
+    if out_tree != tree:
+        return list(leaves)
+    return [jnp.asarray(c, o.dtype) if w and jnp.issubdtype(o.dtype, jnp.floating) else c
+            for c, w, o in zip(leaves, weak, out_leaves)]
+
+
 def _zero_after(anchor) -> jax.Array:
     """A scalar 0 computed from ``anchor`` (a sum over its first row, not one element:
     taking an element of a sharded array would gather it)."""
@@ -476,7 +504,8 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
         Arrays it closes over (parameters, traced ones too) are differentiated.
       init: the first carry, a pytree of floating arrays; a ``jax.ShapeDtypeStruct`` leaf
         stands for zeros of its shape, dtype (and sharding, if it has one), built inside (a
-        neuron's usual start), which the backward then need not keep.
+        neuron's usual start), which the backward then need not keep. A Python float leaf
+        takes the dtype of the carry ``f`` returns for it, as in ``lax.scan``.
       xs: a pytree of floating arrays with the same first axis ``T`` (time).
       chunks: how many chunks ``T`` is cut into; must divide ``T``.
       spikes: which leaves of ``xs`` are spikes, kept as bits (packed along their last
@@ -562,6 +591,8 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
         if zero and not jnp.issubdtype(c.dtype, jnp.floating):
             raise TypeError(f"init must be floating (it is differentiated), got a "
                             f"ShapeDtypeStruct of dtype {c.dtype}")
+    first = jax.tree.unflatten(x_tree, [x[:steps] for x in leaves])
+    init_leaves = _promote_weak(f, init_tree, init_leaves, zero_at, first)
     given = tuple(_floating(c, "init") for c, zero in zip(init_leaves, zero_at) if not zero)
 
     def first_carry(given):
@@ -589,7 +620,6 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
                              f"along its first axis; got shapes {bad}")
         return new, y
 
-    first = jax.tree.unflatten(x_tree, [x[:steps] for x in leaves])
     converted, closed = jax.closure_convert(chunk_fn, init, first)
     consts = tuple(closed)
     y_shapes = jax.eval_shape(converted, init, first, *consts)[1]

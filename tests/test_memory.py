@@ -356,12 +356,12 @@ def test_bad_arguments(call, err, match):
 # -- scan: chunks of time, recomputed ----------------------------------------------------------
 # Each neuron as f(carry, x_chunk) -> (carry, spikes) over a chunk, its state carried on.
 CARRIED = {
-    "lif": (lambda backend: LIF(tau=2.0, backend=backend), lambda shape: jnp.zeros(shape)),
+    "lif": (lambda backend: LIF(tau=2.0, backend=backend), lambda shape: jnp.zeros(shape, jnp.float32)),
     "alif": (lambda backend: lambda x, c: ALIF(tau=2.0, tau_a=5.0, beta=0.5, backend=backend)(
-        x, *c), lambda shape: (jnp.zeros(shape), jnp.zeros(shape))),
+        x, *c), lambda shape: (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))),
     "user-step": (lambda backend: lambda x, c: multistep(
         _user_step, x, c, {"k": 0.5}, surrogate=Sigmoid(alpha=4.0), backend=backend),
-        lambda shape: (jnp.zeros(shape), jnp.zeros(shape))),
+        lambda shape: (jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))),
 }
 T_SCAN = 12
 
@@ -448,11 +448,11 @@ def test_scan_pytrees_mixed_spikes_bf16_and_zero_init():
         return (v, total + out.sum(0)), {"out": out}
 
     def mine(w, xs):
-        init = (jax.ShapeDtypeStruct((B, N_OUT), jnp.float32), jnp.ones((B, N_OUT)))
+        init = (jax.ShapeDtypeStruct((B, N_OUT), jnp.float32), jnp.ones((B, N_OUT), jnp.float32))
         return memory.scan(f, init, xs, chunks=3, spikes={"s": True, "d": False})
 
     def plain(w, xs):
-        return by_lax_scan(f, (jnp.zeros((B, N_OUT)), jnp.ones((B, N_OUT))), xs, 3)
+        return by_lax_scan(f, (jnp.zeros((B, N_OUT), jnp.float32), jnp.ones((B, N_OUT), jnp.float32)), xs, 3)
 
     def loss(run):
         return lambda w, xs: sum((leaf * (i + 1)).sum() for i, leaf in enumerate(
@@ -463,6 +463,26 @@ def test_scan_pytrees_mixed_spikes_bf16_and_zero_init():
     assert jax.tree.structure(got) == jax.tree.structure(want)
     assert got[1][1]["s"].dtype == jnp.bfloat16
     assert_close(got, want)
+
+
+def test_scan_gives_a_python_float_init_the_carry_dtype_like_lax_scan():
+    """A Python float in ``init`` takes the dtype of the carry ``f`` returns for it, as in
+    ``lax.scan`` (bfloat16 here): made float32 up front, it would run the sum in float32 and
+    return another carry than ``lax.scan`` does."""
+    lif = LIF(tau=2.0)
+    s, w = spikes((T_SCAN, B, N_IN), jnp.bfloat16), normal((N_IN, N_OUT), jnp.bfloat16)
+
+    def f(carry, s_chunk):
+        v, total = carry
+        out, v = lif(s_chunk @ w, v)
+        return (v, total + (out * v).sum()), out
+
+    init = (jnp.zeros((B, N_OUT), jnp.bfloat16), 0.0)
+    got = jax.jit(lambda s: memory.scan(f, init, s, chunks=3))(s)
+    want = jax.jit(lambda s: by_lax_scan(f, init, s, 3))(s)
+    assert want[0][1].dtype == jnp.bfloat16
+    assert_bitwise(got, want)
+    assert float(got[0][1]) != 0  # the sum is of something
 
 
 def test_scan_under_vmap_equals_one_example_at_a_time():
@@ -488,7 +508,7 @@ def test_scan_second_order_equals_lax_scan():
             def chunk(c, x):
                 out, c = lif(2 * jnp.tanh(x @ w), c)
                 return c, out
-            return run(chunk, jnp.zeros((B, N_OUT)), s)[1].sum() + 0.1 * (w ** 3).sum()
+            return run(chunk, jnp.zeros((B, N_OUT), jnp.float32), s)[1].sum() + 0.1 * (w ** 3).sum()
         return f
 
     mine = loss(lambda f, init, s: memory.scan(f, init, s, chunks=4))
@@ -501,7 +521,7 @@ def test_scan_second_order_equals_lax_scan():
 def test_scan_check_raises_on_a_half_spike():
     s = spikes((T_SCAN, B, N_IN)).at[2, 1, 3].set(0.5)
     f = carried_layer(LIF(), normal((N_IN, N_OUT)))
-    init = jnp.zeros((B, N_OUT))
+    init = jnp.zeros((B, N_OUT), jnp.float32)
     with pytest.raises(ValueError, match=r"xs leaf 0 \(spikes\)\[2, 1, 3\] = 0.5"):
         memory.scan(f, init, s, chunks=4, check=True)
     memory.scan(f, init, s, chunks=4, spikes=False, check=True)  # data: not checked

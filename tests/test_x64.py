@@ -332,6 +332,32 @@ def test_memory_scan_with_x64(backend):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
 
 
+
+def test_memory_scan_python_float_init_with_x64():
+    """A Python float in memory.scan's init is float32 where f's carry is, with x64 on too
+    (lax.scan's rule), not float64: the carry and its gradient equal lax.scan's."""
+    from spikefuse import memory
+
+    lif = LIF(tau=2.0)
+    s = jnp.asarray(np.random.default_rng(7).random((12, 3, 21)) < 0.3, jnp.float32)
+    w = jnp.asarray(np.random.default_rng(8).normal(size=(21, 13)), jnp.float32)
+
+    def f(w):
+        def chunk(carry, s_chunk):
+            v, total = carry
+            out, v = lif(s_chunk @ w, v)
+            return (v, total + (out * v).sum()), out
+        return chunk
+
+    init = (jnp.zeros((3, 13), jnp.float32), 0.0)
+    ours = jax.jit(jax.value_and_grad(lambda w: memory.scan(f(w), init, s, chunks=3)[0][1]))
+    plain = jax.jit(jax.value_and_grad(lambda w: jax.lax.scan(
+        f(w), init, s.reshape(3, 4, 3, 21))[0][1]))
+    (got, d_got), (want, d_want) = ours(w), plain(w)
+    assert got.dtype == want.dtype == jnp.float32
+    assert float(got) == float(want) != 0
+    np.testing.assert_allclose(np.asarray(d_got), np.asarray(d_want), rtol=1e-5, atol=1e-6)
+
 # -- the kernels lower for cuda and tpu with x64 on ----------------------------------------
 @pytest.mark.parametrize("platform, backend, dtype", [
     ("cuda", "pallas", "float32"), ("cuda", "pallas", "bfloat16"), ("cuda", "pallas", "float64"),
