@@ -27,6 +27,7 @@ import spikefuse.neurons as sn
 from spikefuse import surrogate as sg
 from spikefuse.kernels import _compat, mgpu_launch, mgpu_scan
 from spikefuse.kernels import mgpu_elementwise as me
+from spikefuse.benchmark.neurons import example_step
 from spikefuse.neurons import engine
 
 GPU_INTERPRET = _compat.interpret_gpu_params()
@@ -230,6 +231,25 @@ def test_mosaic_gpu_step_check_names_the_op_and_family():
     text = lowering.export_for_cuda(lambda x: sn.multistep(step_expm1, x, 0.0,
                                                            backend="pallas_triton"), x)
     assert lowering.TRITON_CALL in text
+
+
+def test_a_detached_reset_lowers_for_mosaic_gpu():
+    """``stop_gradient`` (AdEx's and Izhikevich's detached reset) has no Mosaic GPU rule up
+    to jax 0.12: the step check refused such a step on pallas_mgpu. `lowerable` now takes
+    it as the identity: the step lowers, and the value and gradient stay those of the step."""
+    x = jax.ShapeDtypeStruct((3, 200), jnp.float32)
+    step = example_step("adex", "adex_step")
+    text = lowering.export_for_cuda(lambda x: jax.grad(lambda x: sn.multistep(
+        step, x, (-70.0, 0.0), backend="pallas_mgpu")[0].sum())(x), x)
+    assert lowering.MGPU_CALL in text
+
+    def f(u, w):  # d/du of u * stop_gradient(u) is stop_gradient(u): w * u
+        return jax.vjp(lambda u: u * jax.lax.stop_gradient(u), u)[1](w)[0]
+
+    u, w = jnp.linspace(-2, 2, 256), jnp.linspace(1, 3, 256)
+    assert "stop_gradient" in _prims(lambda u: u * jax.lax.stop_gradient(u), u)
+    assert "stop_gradient" not in _prims(me.lowerable(f), u, w)
+    np.testing.assert_array_equal(me.lowerable(f)(u, w), np.asarray(w * u))
 
 
 # -- the launch table ----------------------------------------------------------------------

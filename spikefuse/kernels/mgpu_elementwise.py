@@ -35,7 +35,9 @@ Ops Mosaic GPU cannot lower
 ---------------------------
 Kernel bodies go through `lowerable` first: calls (``custom_jvp``, ``custom_vjp``, ``jit``)
 are inlined — the kernel is never differentiated, and Mosaic GPU in jax 0.10/0.11 cannot
-lower ``custom_jvp_call``. Ops Mosaic GPU lacks are rewritten: ``add_any`` (how a VJP sums
+lower ``custom_jvp_call``. Ops Mosaic GPU lacks are rewritten: ``stop_gradient`` (a step's
+detached reset; up to jax 0.12 Mosaic GPU has no rule for it) becomes the identity, as any
+derivative in the body was taken while tracing it; ``add_any`` (how a VJP sums
 cotangents) becomes ``add``, a ``select_n`` on a scalar predicate gets the predicate
 broadcast, ``pow`` (QPseudoSpike's
 g' uses it) becomes ``exp(y * log|x|)`` with IEEE ``pow``'s signs and special values, whose
@@ -283,7 +285,7 @@ def launch(body: Callable, operands: Sequence, out_shape: Sequence, grid: int,
 # and ops it rewrites. (A float `rem` is among them; an integer one is left to Mosaic GPU.)
 REWRITTEN = frozenset(("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "pjit",
                        "jit", "closed_call", "core_call", "add_any", "pow", "rem",
-                       "select_n"))
+                       "select_n", "stop_gradient"))
 
 
 def lowerable(fn: Callable) -> Callable:
@@ -291,7 +293,8 @@ def lowerable(fn: Callable) -> Callable:
 
     ``fn`` is traced to a jaxpr on each call and evaluated with calls inlined
     (``custom_jvp``, ``custom_vjp``: their primal computation, as the kernel is never
-    differentiated; ``jit``), ``add_any`` as ``add``, ``pow`` as ``exp(y * log|x|)`` and a
+    differentiated; ``jit``), ``stop_gradient`` as the identity (any derivative in ``fn``
+    is taken while tracing it, before), ``add_any`` as ``add``, ``pow`` as ``exp(y * log|x|)`` and a
     float ``rem`` as ``x - y * trunc(x / y)`` (see the module docstring). Inside control
     flow (``cond``, ``while``, ``scan``) nothing is rewritten.
     """
@@ -336,6 +339,8 @@ def _eval(jaxpr, consts, args):
             outs = _eval(sub[0], sub[1], invals)
         elif eqn.primitive.name == "add_any":  # a VJP's cotangent sum: a plain add
             outs = [lax.add(*invals)]
+        elif eqn.primitive.name == "stop_gradient":  # differentiated already: the identity
+            outs = list(invals)
         elif eqn.primitive is lax.pow_p:
             outs = [_pow(*invals)]
         elif eqn.primitive is lax.select_n_p and jnp.ndim(invals[0]) < jnp.ndim(invals[1]):
