@@ -24,6 +24,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from spikefuse.benchmark import aot
 from spikefuse.benchmark import elementwise as ew
 from spikefuse.benchmark import models as md
 from spikefuse.benchmark import neurons as nr
@@ -439,6 +440,14 @@ def bench_models(opts: dict, model_names, memory_Ts, *, progress: bool = False,
     gpu_names = [n for n in model_names if n in ("mlp", "conv")]
     if opts["quick"] and gpu_names:  # the GPU sizes, compiled here and not run
         report["gpu_sizes"] = md.gpu_size_memory(gpu_names, kernel, threads=opts["threads"])
+        # ... and for an H200, XLA:GPU's account with the kernels compiled, where jax's CUDA
+        # plugin is installed and no GPU is here (on one, the rows above are its account)
+        reason = "a GPU is here" if on_accelerator() else aot.unavailable_reason("h200")
+        if reason:
+            report["notes"].append(f"the GPU sizes not compiled for an H200: {reason}")
+        else:
+            report["gpu_sizes"] += md.gpu_size_memory(gpu_names, kernel, target="h200",
+                                                      threads=opts["threads"])
     report["targets"] = md.targets(report["rows"], report.get("gpu_sizes"))
     report["meta"]["seconds"] = time.perf_counter() - t0
     return report

@@ -70,6 +70,7 @@ import numpy as np
 import spikefuse
 from spikefuse import memory as mem
 from spikefuse import surrogate as sf
+from spikefuse.benchmark import aot
 from spikefuse.benchmark import elementwise as ew
 from spikefuse.benchmark.memory import compiled_memory, device_peak_bytes
 from spikefuse.benchmark.timing import compile_all, on_accelerator, time_interleaved
@@ -611,27 +612,44 @@ def add_ratios(group: list[dict]) -> None:
 
 GPU_SIZE_VARIANTS = ("scan", "scan+remat", "scan+checkpoint", "fused+checkpoint",
                      "scan+chunks", "fused+chunks")
+# Compiled for a GPU without one (`aot`): the fused kernels compile there, so every fused
+# variant has its account too.
+DEVICELESS_VARIANTS = ("scan", "scan+remat", "scan+bits", "scan+checkpoint", "scan+chunks",
+                       "fused", "fused+remat", "fused+bits", "fused+checkpoint", "fused+chunks")
 
 
-def gpu_size_memory(names, kernel_backend, *, variants=GPU_SIZE_VARIANTS,
-                    threads: int = 1) -> list[dict]:
+def gpu_size_memory(names, kernel_backend, *, variants=None, threads: int = 1,
+                    target: str | None = None) -> list[dict]:
     """XLA's account of the training step at the GPU sizes (`MODELS`), compiled here and
     not run, at half and the whole GPU batch: per model and variant, the temporaries and
-    total at both batches and the largest batch that fits (`largest_batch`). The fused
-    variants compile the kernel backend, or without one the kernels interpreted."""
+    total at both batches and the largest batch that fits (`largest_batch`).
+
+    ``target=None``: compiled for this machine's platform (`GPU_SIZE_VARIANTS`), the fused
+    variants with the kernel backend, or without one the kernels interpreted. ``target="h200"``:
+    compiled for an NVIDIA H200 without one (`spikefuse.benchmark.aot`; XLA:GPU's account,
+    the fused kernels compiled by Triton; `DEVICELESS_VARIANTS`)."""
+    if target is not None:
+        reason = aot.unavailable_reason(target)
+        if reason:
+            raise RuntimeError(reason)
+    variants = variants or (GPU_SIZE_VARIANTS if target is None else DEVICELESS_VARIANTS)
     jobs, rows = {}, []
     for name in names:
         model = MODELS[name]
         params = init_params(model)
         batches = (model.batch // 2, model.batch)
         for v in variants:
-            kb = (kernel_backend or "interpret") if v.startswith("fused") else None
+            kb = None
+            if v.startswith("fused"):
+                kb = "pallas" if target else kernel_backend or "interpret"
             rows.append(dict(model=name, variant=v, T=model.T, batch=model.batch,
-                             batches=list(batches), compiled_for=jax.default_backend(),
-                             compiled_with=kb))
+                             batches=list(batches), compiled_with=kb,
+                             compiled_for=f"{target} (deviceless)" if target
+                             else jax.default_backend()))
             for b in batches:
                 jobs[name, v, b] = _step_job(model, v, kb, params, b)
-    compiled = compile_all(jobs, threads)
+    compiled = compile_all(jobs, threads, lower=functools.partial(aot.lower, target=target)
+                           if target else None)
     for r in rows:
         mems = [compiled_memory(compiled[r["model"], r["variant"], b]) for b in r["batches"]]
         r["memory_by_batch"] = {str(b): m for b, m in zip(r["batches"], mems)}
@@ -760,8 +778,8 @@ def format_table(rows: list[dict], sweep: list[dict] | None = None,
     """The models table (one block per model), the memory sweep, the GPU-size memory and
     the targets."""
     lines = []
-    platform = next((r["compiled_for"] for r in rows + (gpu_rows or []) if "compiled_for" in r),
-                    jax.default_backend())
+    platform = next((r["compiled_for"] for r in rows + (gpu_rows or []) if "compiled_for" in r
+                     and "deviceless" not in r["compiled_for"]), jax.default_backend())
     for name in dict.fromkeys(r["model"] for r in rows):
         group = [r for r in rows if r["model"] == name]
         g = group[0]
@@ -810,13 +828,13 @@ def format_table(rows: list[dict], sweep: list[dict] | None = None,
                 cells.append(f"{r['residual_bytes'] / 2**20:9.1f} / "
                              + (f"{total / 2**20:9.1f}" if total else f"{'-':>9}"))
             lines.append(f"{T:>6} " + " ".join(f"{c:>22}" for c in cells))
-    if gpu_rows:
-        lines.append(f"\n## the training step at the GPU sizes, compiled for {platform} and "
+    for target in dict.fromkeys(r.get("compiled_for", platform) for r in gpu_rows or []):
+        lines.append(f"\n## the training step at the GPU sizes, compiled for {target} and "
                      "not run: XLA's account (MiB) at half and the whole batch")
         lines.append(f"{'model':<6} {'variant':<18} {'kernels':<10} {'temp b/2':>9} "
                      f"{'temp b':>9} {'total b':>9} {'temp x scan':>11} "
                      f"{'batch fits 24/80 GiB':>21}")
-        for r in gpu_rows:
+        for r in (r for r in gpu_rows or [] if r.get("compiled_for", platform) == target):
             mems = [r["memory_by_batch"][str(b)] for b in r["batches"]]
             lines.append(f"{r['model']:<6} {r['variant']:<18} {r.get('compiled_with') or '-':<10} "
                          f"{_mib(mems[0].get('temp')):>9} {_mib(mems[1].get('temp')):>9} "

@@ -156,10 +156,12 @@ def pct_of_ceiling(row: dict, copy: list[dict]) -> float:
                                               row["elements"])
 
 
-def compile_all(jobs, threads: int):
+def compile_all(jobs, threads: int, lower=None):
     """jobs: {key: (fn, avals)} -> {key: compiled}. Lowering (Python) runs here, one at a
-    time; XLA/Triton compilation, which releases the GIL, runs in parallel threads."""
-    lowered = {k: jax.jit(fn).lower(*avals) for k, (fn, avals) in jobs.items()}
+    time (``lower(fn, avals)``; default ``jax.jit(fn).lower(*avals)``); XLA/Triton
+    compilation, which releases the GIL, runs in parallel threads."""
+    lower = lower or (lambda fn, avals: jax.jit(fn).lower(*avals))
+    lowered = {k: lower(fn, avals) for k, (fn, avals) in jobs.items()}
     out = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         futures = {k: pool.submit(low.compile) for k, low in lowered.items()}
