@@ -125,22 +125,22 @@ def test_bits_and_checkpoint_keep_the_spikes_between_layers_as_bits():
     assert per_layer[0] == 0 and per_layer[1] == pytest.approx(bits[1] / steps)
 
 
-def test_chunks_keep_the_spikes_as_bits_and_no_membrane():
-    """+chunks: each block under memory.scan over chunks of time keeps what +checkpoint
-    keeps — layer 1's spikes as bits, the data as it is — and no membrane, neither per
-    step nor at the chunk starts (the LIFs start from zeros built inside)."""
+def test_chunks_keep_the_inputs_only():
+    """+chunks: the whole network under one memory.scan keeps the data and the parameters
+    (inputs) and, computed, only the readout's input (the firing rates, batch x features):
+    no spikes between layers, no membrane — neither per step nor at the chunk starts (the
+    LIFs start from zeros built inside). A membrane kept would add batch x neurons x 4 B."""
     assert [bm.chunk_steps(T) for T in (32, 12, 4, 7, 11, 1024)] == [4, 2, 1, 1, 11, 128]
-    m = TINY["mlp"]
-    (n1,), (n2,) = bm.neuron_shapes(m)
-    bits = ((m.T, m.batch, math.ceil(n1 / 8)), m.T * m.batch * math.ceil(n1 / 8))
-    model, params, x, _ = _setup("mlp")
-    steps = bm.neuron_steps(model)
-    for variant in ("fused+chunks", "scan+chunks"):
-        assert _per_step_arrays("mlp", variant) == [bits]
-        # per layer: the first keeps nothing (its input is the data), the second its input
-        # as bits and nothing else: a membrane kept would add 4 B x batch x neurons
-        per_layer = bm.kept_per_layer(model, variant, params, x, "interpret")
-        assert per_layer[:2] == [0, pytest.approx(bits[1] / steps)], per_layer
+    for name in ("mlp", "conv"):
+        model, params, x, labels = _setup(name)
+        rates, classes = params[-1]["w"].shape  # the readout's inputs and outputs
+        for variant in ("fused+chunks", "scan+chunks"):
+            res = vjp_residuals(bm.loss_fn(model, variant, "interpret"), params, x, labels)
+            # (the cross-entropy's own: the softmax, batch x classes, and the label index)
+            arrays = [r for r in res if not r.is_input and r.dtype == "float32"
+                      and len(r.shape) >= 2 and r.shape != (model.batch, classes)]
+            assert sum(r.nbytes for r in arrays) == model.batch * rates * 4, (name, arrays)
+            assert bm.kept_per_layer(model, variant, params, x) is None  # one time loop
 
 
 def test_largest_batch_is_the_line_through_two_compiled_points():

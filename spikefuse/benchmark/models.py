@@ -29,12 +29,12 @@ Variants (the rows of each model):
   ((pool ->) op -> LIF), under ``spikefuse.memory.checkpoint`` with its input spikes kept as
   bits: nothing inside is kept, the backward recomputes the block. The first block's input,
   the data, is kept as it is (it is held anyway), in both;
-* ``fused+chunks``: each block as ``fused+checkpoint`` has it, under
-  ``spikefuse.memory.scan`` over chunks of time (`chunk_steps`) instead: its LIF carries
-  its membrane from chunk to chunk, the backward keeps the block's input spikes as bits
-  (the data as it is) and nothing else — no membranes either — and recomputes the block
-  one chunk at a time, so its working set is one chunk's where ``+checkpoint`` holds the
-  largest block's whole sequence at once. It pays two extra forwards (``+checkpoint``: one);
+* ``fused+chunks``: the whole network under one ``spikefuse.memory.scan`` over chunks of
+  time (`chunked_forward`, `chunk_steps`): each LIF carries its membrane from chunk to
+  chunk, the readout's time-sum rides in the carry, and the backward keeps the data and the
+  parameters only — no spikes between layers, no membranes — and recomputes the network one
+  chunk at a time, so its working set is one chunk's where ``+checkpoint`` holds the largest
+  block's whole sequence at once. It pays two extra forwards (``+checkpoint``: one);
 * ``scan``: ``LIF(backend="reference")``: ``lax.scan`` with the library's default unroll;
   ``scan+remat`` / ``scan+bits`` / ``scan+checkpoint`` / ``scan+chunks`` the same memory
   modes (timed on a CPU, where the fused kernels do not run);
@@ -78,7 +78,7 @@ from spikefuse.memory import residual_bytes, spike_conv, spike_matmul
 from spikefuse.neurons import LIF
 
 __all__ = ["MAX_CHUNKS", "MODELS", "QUICK_MODELS", "VARIANTS", "Model", "available_variants",
-           "chain", "chunk_steps",
+           "chain", "chunk_steps", "chunked_forward",
            "format_table", "forward_fn", "gpu_size_memory", "init_params", "inputs",
            "largest_batch", "loss_fn", "memory_sweep", "neuron_shapes", "neuron_steps",
            "plot_memory", "plot_memory_vs_batch", "run", "targets", "train_step_fn"]
@@ -268,18 +268,6 @@ def _block(kind, pre, neuron, memory, data):
         return jax.checkpoint(block)
     if memory == "checkpoint":
         return mem.checkpoint(block, spike_argnums=spike_argnums)
-    if memory == "chunks":
-        def chunked(p, s):
-            def chunk(v, s_chunk):  # the block over one chunk, its LIF from v
-                out, v = neuron(_op(kind, p, _reshaped(s_chunk, pre)), v)
-                return v, out
-
-            T = s.shape[0]
-            x = jax.eval_shape(lambda s: _op(kind, p, _reshaped(s, pre)), s[:1])
-            v0 = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)  # zeros, never kept
-            return mem.scan(chunk, v0, s, chunks=T // chunk_steps(T), spikes=not data)[1]
-
-        return chunked
     if memory != "bits":
         return block
     if pre:  # pooled spikes are not 0/1: the pool goes inside, recomputed from the bits
@@ -300,16 +288,17 @@ def chain(model: Model, neuron, memory: str = "") -> list:
     after a pooling as ``spikefuse.memory.checkpoint`` of (pool -> op) with the spikes as
     bits (pooled spikes are not 0/1; the pool is linear, so only it is recomputed);
     ``"checkpoint"`` each block from one LIF's spikes to the next, (pool ->) op -> LIF,
-    under ``spikefuse.memory.checkpoint`` with its input spikes as bits; ``"chunks"`` each
-    such block under ``spikefuse.memory.scan`` over chunks of time. With the last three,
-    a pool or flatten moves into the next block (its own entry does nothing)."""
+    under ``spikefuse.memory.checkpoint`` with its input spikes as bits. With the last two,
+    a pool or flatten moves into the next block (its own entry does nothing). (``"chunks"``
+    is not a chain: `multistep_forward` runs the whole network under one
+    ``spikefuse.memory.scan``.)"""
     if model.blocks[-1][0] != "readout":
         raise ValueError(f"model {model.name} has no readout")
     fns: list = []
     pending: list[str] = []  # pools and flattens moved into the next block
     for kind, *_ in model.blocks:
         if kind in ("pool", "flatten"):
-            if memory in ("bits", "checkpoint", "chunks"):
+            if memory in ("bits", "checkpoint"):
                 pending.append(kind)
                 fns.append(lambda p, h: h)
             else:
@@ -325,11 +314,45 @@ def chain(model: Model, neuron, memory: str = "") -> list:
 
 
 def multistep_forward(model, params, x_seq, neuron, memory: str = ""):
-    """The logits of the multi-step network (`chain`) on ``x_seq``."""
+    """The logits of the multi-step network (`chain`) on ``x_seq``; ``memory="chunks"``:
+    `chunked_forward`."""
+    if memory == "chunks":
+        return chunked_forward(model, params, x_seq, neuron)
     h = x_seq
     for f, p in zip(chain(model, neuron, memory), params):
         h = f(p, h)
     return h
+
+
+def chunked_forward(model, params, x_seq, neuron):
+    """+chunks: the logits of the multi-step network, the whole of it under one
+    ``spikefuse.memory.scan`` over chunks of time (`chunk_steps`): every layer runs on one
+    chunk, each LIF continuing from its membrane at the chunk's start, and the last LIF's
+    spikes are summed over time for the readout, all in the carry. The backward keeps the
+    scan's inputs only — the data (as it is: ``spikes=False``) and the parameters — and no
+    membrane (they start from zeros built inside), no spikes between layers; it recomputes
+    the carries at the chunk starts, then each chunk of the whole network, so its working
+    set is one chunk's. It pays two extra forwards."""
+    T, B = x_seq.shape[:2]
+    last = max(i for i, (kind, *_) in enumerate(model.blocks) if kind in ("dense", "conv"))
+    shapes = neuron_shapes(model)
+    init = (tuple(jax.ShapeDtypeStruct((B, *s), jnp.float32) for s in shapes),  # zeros
+            jax.ShapeDtypeStruct((B, *shapes[-1]), jnp.float32))
+
+    def chunk(carry, x_chunk):
+        (vs, total), h = carry, x_chunk
+        new: list = []
+        for (kind, *_), p in zip(model.blocks[:last + 1], params):
+            if kind in ("dense", "conv"):
+                h, v = neuron(_op(kind, p, h), vs[len(new)])
+                new.append(v)
+            else:
+                h = _reshape(kind, h)
+        return (tuple(new), total + h.sum(axis=0)), ()
+
+    (_, total), _ = mem.scan(chunk, init, x_seq, chunks=T // chunk_steps(T), spikes=False)
+    rates = _reshaped(total / T, [kind for kind, *_ in model.blocks[last + 1:-1]])
+    return _readout(params[-1], rates[None])  # (the pools after the last LIF: linear)
 
 
 def chunk_steps(T: int) -> int:
@@ -470,8 +493,8 @@ def kept_per_neuron_step(model, variant, params, x_seq, labels, kernel_backend=N
 def kept_per_layer(model, variant, params, x_seq, kernel_backend=None) -> list[float] | None:
     """Bytes per neuron-step of the whole model that each entry of ``model.blocks`` keeps
     (``spikefuse.memory.residual_bytes_per_layer`` over `chain`); None for the single-step
-    forms, whose layers share one time loop."""
-    if not variant.startswith(("fused", "scan")):
+    forms and ``+chunks``, whose layers share one time loop."""
+    if not variant.startswith(("fused", "scan")) or variant.endswith("+chunks"):
         return None
     neuron = _lif("reference" if variant.startswith("scan") else kernel_backend or "interpret")
     return mem.residual_bytes_per_layer(chain(model, neuron, variant.partition("+")[2]),
