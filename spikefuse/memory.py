@@ -472,7 +472,7 @@ def _buffer(zero, shape, dtype, spec) -> jax.Array:
 
 
 def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
-         check: bool | None = None):
+         check: bool | None = None, carries: str = "sweep"):
     """``jax.lax.scan`` over ``chunks`` chunks of time, whose backward keeps only its inputs
     and recomputes everything else, one chunk at a time.
 
@@ -492,7 +492,8 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
 
     The price is two extra forwards (``jax.checkpoint`` pays one): more chunks save more
     memory and cost no more recomputation, but each ``f`` call then sees fewer steps at
-    once. ``chunks=1`` is `checkpoint` with ``xs`` as bits. Gradients equal those of
+    once (``carries="recompute"`` holds no carries in the backward for ``(chunks - 1) / 2``
+    forwards more). ``chunks=1`` is `checkpoint` with ``xs`` as bits. Gradients equal those of
     ``lax.scan`` over the same chunks up to float rounding — the backward differentiates the
     same ``f`` on the same values, but may sum over the chunks in another order. Works under
     ``jit``, ``vmap``, ``grad`` (also of second order); reverse mode only (a
@@ -517,6 +518,12 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
       check: check every spike leaf and raise a ``ValueError`` naming it when one holds a
         value other than 0 and 1 (module docstring: when); ``None`` reads
         ``SPIKEFUSE_CHECK_SPIKES``.
+      carries: how the backward gets the carry at each chunk's start. ``"sweep"`` (the
+        default): one sweep forward through the chunks, the ``chunks - 1`` carries held
+        until their chunk is differentiated. ``"recompute"``: none held — each chunk's
+        start is recomputed from ``init`` when its turn comes, ``chunks * (chunks - 1) / 2``
+        chunk forwards instead of ``chunks - 1``. Less memory (the carries can be as large
+        as what a chunk works on: a network's membranes, with one-step chunks), more time.
 
     Returns:
       ``(carry, ys)``: the last carry, and the ``y_chunk`` of every chunk joined along time.
@@ -526,8 +533,9 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
         not floating, ``spikes`` neither a bool nor a pytree of bools like ``xs``, or a
         carry ``f`` returns unlike the one it was given.
       ValueError: ``xs`` empty or its leaves of different lengths, ``chunks`` below 1 or
-        not dividing ``T``, a spike leaf without a feature axis (or, on Explicit mesh axes,
-        with every axis but time sharded), or a ``y_chunk`` not ``T / chunks`` steps long.
+        not dividing ``T``, ``carries`` neither ``"sweep"`` nor ``"recompute"``, a spike
+        leaf without a feature axis (or, on Explicit mesh axes, with every axis but time
+        sharded), or a ``y_chunk`` not ``T / chunks`` steps long.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -554,6 +562,8 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
     chunks = int(chunks)
     if chunks < 1:
         raise ValueError(f"chunks must be at least 1, got {chunks}")
+    if carries not in ("sweep", "recompute"):
+        raise ValueError(f"carries must be 'sweep' or 'recompute', got {carries!r}")
     checking = _checking(check)
     x_leaves, x_tree = jax.tree.flatten(xs)
     if not x_leaves:
@@ -689,9 +699,10 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
         kept, ct_carry, ct_ys = jax.lax.optimization_barrier((kept, ct_carry, ct_ys))
         kept = list(kept)
         zero = _zero_after((jax.tree.leaves(ct_ys) + jax.tree.leaves(ct_carry))[0])
-        # Sweep 1: the carry at the start of chunks 1 .. chunks-1 (none for one chunk).
+        # Sweep 1 ("sweep"): the carry at the start of chunks 1 .. chunks-1 (none for one
+        # chunk, or "recompute").
         starts = jax.tree.unflatten(jax.tree.structure(carry0), [
-            _buffer(zero, (chunks - 1, *c.shape), c.dtype, sp)
+            _buffer(zero, (chunks - 1 if carries == "sweep" else 0, *c.shape), c.dtype, sp)
             for c, sp in zip(jax.tree.leaves(carry0), carry_specs)])
 
         def remember(i, state):
@@ -699,7 +710,7 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
             carry, _ = step(carry, chunk_of(kept, i, metas), k)
             return carry, jax.tree.map(lambda buf, c: buf.at[i].set(c), starts, carry)
 
-        if chunks > 1:
+        if chunks > 1 and carries == "sweep":
             _, starts = jax.lax.fori_loop(0, chunks - 1, remember, (carry0, starts))
         # Sweep 2: back through the chunks, each recomputed and differentiated.
         dxs = [_buffer(zero, m.shape if m else x.shape, m.dtype if m else x.dtype, sp)
@@ -708,8 +719,13 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
         def back(j, state):
             d_carry, d_k, dxs = state
             i = chunks - 1 - j
-            carry = carry0 if chunks == 1 else jax.tree.map(lambda c0, buf: jnp.where(
-                i == 0, c0, buf[jnp.maximum(i - 1, 0)]), carry0, starts)
+            if carries == "recompute":  # from init, once the cotangent of chunk i+1 exists
+                c0, kept_now, d_carry = jax.lax.optimization_barrier((carry0, kept, d_carry))
+                carry = jax.lax.fori_loop(
+                    0, i, lambda m, c: step(c, chunk_of(kept_now, m, metas), k)[0], c0)
+            else:
+                carry = carry0 if chunks == 1 else jax.tree.map(lambda c0, buf: jnp.where(
+                    i == 0, c0, buf[jnp.maximum(i - 1, 0)]), carry0, starts)
             _, pullback = jax.vjp(step, carry, chunk_of(kept, i, metas), k)
             ct_y = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, i * steps, steps),
                                 ct_ys)

@@ -412,6 +412,35 @@ def test_scan_equals_lax_scan_over_the_same_chunks(neuron, backend, chunks):
     assert float(jnp.abs(want[1][2]).max()) > 0  # the spikes get a gradient: it fires
 
 
+@pytest.mark.parametrize("backend", ["reference", "interpret"])
+@pytest.mark.parametrize("neuron", ["lif", "alif"])
+def test_scan_recomputing_the_carries_equals_lax_scan_and_holds_none(neuron, backend):
+    """carries="recompute": each chunk's start recomputed from init in the backward, no
+    buffer of the chunks - 1 carries ("sweep" holds one: its absence is what is saved); the
+    forward and the gradients those of lax.scan over the same chunks."""
+    make, zeros = CARRIED[neuron]
+    s, w = spikes((T_SCAN, B, N_IN)), normal((N_IN, N_OUT))
+    init = jax.tree.map(lambda z: z + 0.3, zeros((B, N_OUT)))
+
+    def mine(carries):
+        return lambda w, init, s: memory.scan(carried_layer(make(backend), w), init, s,
+                                              chunks=12, carries=carries)
+
+    def plain(w, init, s):
+        return by_lax_scan(carried_layer(make(backend), w), init, s, 12)
+
+    assert_bitwise(jax.jit(mine("recompute"))(w, init, s), jax.jit(plain)(w, init, s))
+    assert_close(carry_and_ys_grads(mine("recompute"), w, init, s),
+                 carry_and_ys_grads(plain, w, init, s))
+    held = f"f32[11,{B},{N_OUT}]"  # the 11 carries at the starts of chunks 1 .. 11
+
+    def compiled(carries):
+        grad = jax.grad(lambda w: mine(carries)(w, init, s)[1].sum())
+        return jax.jit(grad).lower(w).compile().as_text()
+
+    assert held in compiled("sweep") and held not in compiled("recompute")
+
+
 def test_scan_keeps_the_bits_and_its_inputs_only():
     lif = LIF(tau=2.0)
     s, w = spikes((T_SCAN, B, N_IN)), normal((N_IN, N_OUT))
@@ -554,6 +583,8 @@ def _step(c, x):
      TypeError, "f must return a carry like the one it is given"),
     (lambda: memory.scan(lambda c, x: (c, x[:1]), 0.0, jnp.ones((4, 2)), chunks=2),
      ValueError, r"needs 2 steps \(T / chunks\)"),
+    (lambda: memory.scan(_step, 0.0, jnp.ones((4, 2)), chunks=2, carries="keep"), ValueError,
+     "carries must be 'sweep' or 'recompute', got 'keep'"),
 ])
 def test_scan_bad_arguments(call, err, match):
     with pytest.raises(err, match=match):

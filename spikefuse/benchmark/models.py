@@ -33,8 +33,10 @@ Variants (the rows of each model):
   time (`chunked_forward`, `chunk_steps`): each LIF carries its membrane from chunk to
   chunk, the readout's time-sum rides in the carry, and the backward keeps the data and the
   parameters only — no spikes between layers, no membranes — and recomputes the network one
-  chunk at a time, so its working set is one chunk's where ``+checkpoint`` holds the largest
-  block's whole sequence at once. It pays two extra forwards (``+checkpoint``: one);
+  chunk at a time, each chunk's starting membranes recomputed from the start
+  (``carries="recompute"``), so its working set is one chunk's where ``+checkpoint`` holds
+  the largest block's whole sequence at once. It pays 1 + (chunks + 1) / 2 extra forwards
+  (``+checkpoint``: one);
 * ``scan``: ``LIF(backend="reference")``: ``lax.scan`` with the library's default unroll;
   ``scan+remat`` / ``scan+bits`` / ``scan+checkpoint`` / ``scan+chunks`` the same memory
   modes (timed on a CPU, where the fused kernels do not run);
@@ -331,8 +333,10 @@ def chunked_forward(model, params, x_seq, neuron):
     spikes are summed over time for the readout, all in the carry. The backward keeps the
     scan's inputs only — the data (as it is: ``spikes=False``) and the parameters — and no
     membrane (they start from zeros built inside), no spikes between layers; it recomputes
-    the carries at the chunk starts, then each chunk of the whole network, so its working
-    set is one chunk's. It pays two extra forwards."""
+    each chunk of the whole network, from its start's carry recomputed in turn
+    (``carries="recompute"``: no carries held, where one-step chunks would hold nearly every
+    step's membranes), so its working set is one chunk's. It pays 1 + (chunks + 1) / 2
+    extra forwards."""
     T, B = x_seq.shape[:2]
     last = max(i for i, (kind, *_) in enumerate(model.blocks) if kind in ("dense", "conv"))
     shapes = neuron_shapes(model)
@@ -350,7 +354,8 @@ def chunked_forward(model, params, x_seq, neuron):
                 h = _reshape(kind, h)
         return (tuple(new), total + h.sum(axis=0)), ()
 
-    (_, total), _ = mem.scan(chunk, init, x_seq, chunks=T // chunk_steps(T), spikes=False)
+    (_, total), _ = mem.scan(chunk, init, x_seq, chunks=T // chunk_steps(T), spikes=False,
+                             carries="recompute")
     rates = _reshaped(total / T, [kind for kind, *_ in model.blocks[last + 1:-1]])
     return _readout(params[-1], rates[None])  # (the pools after the last LIF: linear)
 
