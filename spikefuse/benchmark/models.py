@@ -35,7 +35,7 @@ Variants (the rows of each model):
   parameters only — no spikes between layers, no membranes — and recomputes the network one
   chunk at a time, each chunk's starting membranes recomputed from the start
   (``carries="recompute"``), so its working set is one chunk's where ``+checkpoint`` holds
-  the largest block's whole sequence at once. It pays 1 + (chunks + 1) / 2 extra forwards
+  the largest block's whole sequence at once. It pays 1 + (chunks - 1) / 2 extra forwards
   (``+checkpoint``: one);
 * ``scan``: ``LIF(backend="reference")``: ``lax.scan`` with the library's default unroll;
   ``scan+remat`` / ``scan+bits`` / ``scan+checkpoint`` / ``scan+chunks`` the same memory
@@ -335,7 +335,7 @@ def chunked_forward(model, params, x_seq, neuron):
     membrane (they start from zeros built inside), no spikes between layers; it recomputes
     each chunk of the whole network, from its start's carry recomputed in turn
     (``carries="recompute"``: no carries held, where one-step chunks would hold nearly every
-    step's membranes), so its working set is one chunk's. It pays 1 + (chunks + 1) / 2
+    step's membranes), so its working set is one chunk's. It pays 1 + (chunks - 1) / 2
     extra forwards."""
     T, B = x_seq.shape[:2]
     last = max(i for i, (kind, *_) in enumerate(model.blocks) if kind in ("dense", "conv"))
