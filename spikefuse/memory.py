@@ -493,9 +493,10 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
     The price is two extra forwards (``jax.checkpoint`` pays one): more chunks save more
     memory and cost no more recomputation, but each ``f`` call then sees fewer steps at
     once. (``carries="recompute"`` holds no carries in the backward; the carries then cost
-    ``(chunks - 1) / 2`` forwards instead of ``(chunks - 1) / chunks``.) ``chunks=1`` is `checkpoint` with ``xs`` as bits. Gradients equal those of
-    ``lax.scan`` over the same chunks up to float rounding — the backward differentiates the
-    same ``f`` on the same values, but may sum over the chunks in another order. Works under
+    ``(chunks - 1) / 2`` forwards instead of ``(chunks - 1) / chunks``.) ``chunks=1`` is
+    `checkpoint` with ``xs`` as bits. Gradients equal those of ``lax.scan`` over the same
+    chunks up to float rounding — the backward differentiates the same ``f`` on the same
+    values, but may sum over the chunks in another order. Works under
     ``jit``, ``vmap``, ``grad`` (also of second order); reverse mode only (a
     ``jax.custom_vjp``). ``f`` must be pure (it runs three times).
 
