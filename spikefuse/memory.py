@@ -722,8 +722,11 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
             i = chunks - 1 - j
             if carries == "recompute":  # from init, once the cotangent of chunk i+1 exists
                 c0, kept_now, d_carry = jax.lax.optimization_barrier((carry0, kept, d_carry))
-                carry = jax.lax.fori_loop(
-                    0, i, lambda m, c: step(c, chunk_of(kept_now, m, metas), k)[0], c0)
+                # A loop of fixed length, chunks i.. skipped (cond runs one branch): a loop
+                # of length i would not be reverse-differentiable (second order).
+                carry = jax.lax.fori_loop(0, chunks - 1, lambda m, c: jax.lax.cond(
+                    m < i, lambda c: step(c, chunk_of(kept_now, m, metas), k)[0],
+                    lambda c: c, c), c0)
             else:
                 carry = carry0 if chunks == 1 else jax.tree.map(lambda c0, buf: jnp.where(
                     i == 0, c0, buf[jnp.maximum(i - 1, 0)]), carry0, starts)

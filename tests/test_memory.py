@@ -527,7 +527,8 @@ def test_scan_under_vmap_equals_one_example_at_a_time():
     assert_close(got, jnp.stack(want))
 
 
-def test_scan_second_order_equals_lax_scan():
+@pytest.mark.parametrize("carries", ["sweep", "recompute"])
+def test_scan_second_order_equals_lax_scan(carries):
     """Hessian-vector products, reverse over reverse and forward over reverse."""
     lif = LIF(tau=2.0, backend="reference")
     s, w, v = spikes((T_SCAN, B, N_IN)), normal((N_IN, N_OUT)), normal((N_IN, N_OUT), seed=4)
@@ -540,7 +541,7 @@ def test_scan_second_order_equals_lax_scan():
             return run(chunk, jnp.zeros((B, N_OUT), jnp.float32), s)[1].sum() + 0.1 * (w ** 3).sum()
         return f
 
-    mine = loss(lambda f, init, s: memory.scan(f, init, s, chunks=4))
+    mine = loss(lambda f, init, s: memory.scan(f, init, s, chunks=4, carries=carries))
     plain = loss(lambda f, init, s: by_lax_scan(f, init, s, 4))
     for run in (lambda g: jax.grad(lambda w: jnp.vdot(jax.grad(g)(w), v))(w),
                 lambda g: jax.jvp(jax.grad(g), (w,), (v,))[1]):
