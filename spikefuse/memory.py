@@ -700,18 +700,20 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
         kept, ct_carry, ct_ys = jax.lax.optimization_barrier((kept, ct_carry, ct_ys))
         kept = list(kept)
         zero = _zero_after((jax.tree.leaves(ct_ys) + jax.tree.leaves(ct_carry))[0])
-        # Sweep 1 ("sweep"): the carry at the start of chunks 1 .. chunks-1 (none for one
-        # chunk, or "recompute").
-        starts = jax.tree.unflatten(jax.tree.structure(carry0), [
-            _buffer(zero, (chunks - 1 if carries == "sweep" else 0, *c.shape), c.dtype, sp)
-            for c, sp in zip(jax.tree.leaves(carry0), carry_specs)])
+
+        def advance(kept, i, carry):  # the carry at the end of chunk i
+            return step(carry, chunk_of(kept, i, metas), k)[0]
 
         def remember(i, state):
             carry, starts = state
-            carry, _ = step(carry, chunk_of(kept, i, metas), k)
+            carry = advance(kept, i, carry)
             return carry, jax.tree.map(lambda buf, c: buf.at[i].set(c), starts, carry)
 
-        if chunks > 1 and carries == "sweep":
+        sweep = carries == "sweep" and chunks > 1
+        if sweep:  # Sweep 1: the carry at the start of chunks 1 .. chunks-1, held
+            starts = jax.tree.unflatten(jax.tree.structure(carry0), [
+                _buffer(zero, (chunks - 1, *c.shape), c.dtype, sp)
+                for c, sp in zip(jax.tree.leaves(carry0), carry_specs)])
             _, starts = jax.lax.fori_loop(0, chunks - 1, remember, (carry0, starts))
         # Sweep 2: back through the chunks, each recomputed and differentiated.
         dxs = [_buffer(zero, m.shape if m else x.shape, m.dtype if m else x.dtype, sp)
@@ -720,16 +722,17 @@ def scan(f: Callable, init, xs, *, chunks: int, spikes: bool | Any = True,
         def back(j, state):
             d_carry, d_k, dxs = state
             i = chunks - 1 - j
-            if carries == "recompute":  # from init, once the cotangent of chunk i+1 exists
+            if sweep:
+                carry = jax.tree.map(lambda c0, buf: jnp.where(
+                    i == 0, c0, buf[jnp.maximum(i - 1, 0)]), carry0, starts)
+            elif chunks == 1:
+                carry = carry0
+            else:  # "recompute": from init, once the cotangent of chunk i+1 exists
                 c0, kept_now, d_carry = jax.lax.optimization_barrier((carry0, kept, d_carry))
                 # A loop of fixed length, chunks i.. skipped (cond runs one branch): a loop
                 # of length i would not be reverse-differentiable (second order).
                 carry = jax.lax.fori_loop(0, chunks - 1, lambda m, c: jax.lax.cond(
-                    m < i, lambda c: step(c, chunk_of(kept_now, m, metas), k)[0],
-                    lambda c: c, c), c0)
-            else:
-                carry = carry0 if chunks == 1 else jax.tree.map(lambda c0, buf: jnp.where(
-                    i == 0, c0, buf[jnp.maximum(i - 1, 0)]), carry0, starts)
+                    m < i, functools.partial(advance, kept_now, m), lambda c: c, c), c0)
             _, pullback = jax.vjp(step, carry, chunk_of(kept, i, metas), k)
             ct_y = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, i * steps, steps),
                                 ct_ys)
